@@ -1,0 +1,454 @@
+//! `berth build`: manifest → packages → OS tree → OSTree commit → first
+//! deployment in a fresh sysroot → GPT disk image, with a progress line per
+//! stage and a summary at the end.
+//!
+//! The image is written under a temporary name in the output directory and
+//! renamed into place only when complete, so a failed or interrupted build
+//! never leaves a broken image where a good one was.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use crate::cli::{BuildOpts, ImageFormat};
+use crate::disk;
+use crate::error::InputError;
+use crate::manifest::Manifest;
+use crate::manifest::units::human_bytes;
+use crate::packages::{Cache, PackageRequest, PackagesError};
+use crate::progress::Progress;
+use crate::rootfs::{self, fsutil, overlay};
+use crate::{binaries, commit, host_config, ids, initramfs};
+
+/// What a finished build produced, for the summary and for callers.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// The disk image.
+    pub image: PathBuf,
+    /// The archive repository.
+    pub repo: PathBuf,
+    /// The OSTree ref.
+    pub ostree_ref: String,
+    /// The commit.
+    pub commit: commit::CommitResult,
+    /// Image name and version.
+    pub name: String,
+    /// OS version.
+    pub version: String,
+    /// Disk facts.
+    pub disk: disk::DiskReport,
+    /// The prepared package tree.
+    pub base: rootfs::BaseInfo,
+    /// Whether packages were extracted (false: from the cache).
+    pub fetched: bool,
+    /// Initramfs size in bytes and its modules.
+    pub initramfs: (u64, Vec<String>),
+}
+
+/// Runs `berth build` and prints the summary.
+pub fn run(opts: &BuildOpts) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    let out = match build(opts, &mut progress) {
+        Ok(out) => out,
+        Err(e) => {
+            progress.abandon();
+            return Err(e);
+        }
+    };
+    progress.finish();
+    print_summary(&out, &progress, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The unix time builds stamp: `$SOURCE_DATE_EPOCH` when set (for
+/// reproducible builds), else now.
+pub fn build_timestamp() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            InputError(format!(
+                "SOURCE_DATE_EPOCH=\"{v}\" is not a number of seconds"
+            ))
+            .into()
+        }),
+        Err(_) => Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()),
+    }
+}
+
+/// Runs every stage; the caller prints.
+pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildOutput> {
+    progress.stage("resolve", "reading the manifest");
+    let m = Manifest::load(&opts.manifest)?;
+    let timestamp = build_timestamp()?;
+    let bins = binaries::find()?;
+    let host = host_config::from_manifest(&m);
+    let req = PackageRequest::from_manifest(&m);
+    let cache = Cache::new(opts.cache_dir.clone().unwrap_or_else(Cache::default_root));
+    std::fs::create_dir_all(&opts.output)
+        .with_context(|| format!("creating {}", opts.output.display()))?;
+    let repo_path = opts
+        .repo
+        .clone()
+        .unwrap_or_else(|| opts.output.join("repo"));
+    let gpg = signing_key(&m)?;
+
+    progress.stage("fetch", "extracting packages with mmdebstrap");
+    let base =
+        rootfs::base_tree(&req, &cache, opts.refresh).map_err(|e| locate_package_error(&m, e))?;
+    if !base.fresh {
+        progress.note("package tree taken from the cache");
+    }
+    let kver = base.info.kernel_version.clone();
+
+    progress.stage("assemble", "writing Berth's files");
+    let work = WorkDir::create(&opts.output, &m.name)?;
+    let overlay_dir = work.path.join("overlay");
+    std::fs::create_dir_all(&overlay_dir)?;
+    overlay::write(&overlay_dir, &m, &host, &bins, &base.info.packages)?;
+
+    progress.stage("initramfs", "packing berth-init and the root's modules");
+    let init =
+        std::fs::read(&bins.init).with_context(|| format!("reading {}", bins.init.display()))?;
+    let (archive, modules) = initramfs::contents(&base.dir, &kver, &init, &overlay::os_release(&m))
+        .context("collecting the initramfs contents")?;
+    let mtime = u32::try_from(timestamp).unwrap_or(u32::MAX);
+    let image = initramfs::compress(&archive.encode(mtime)?)?;
+    let initramfs_path = overlay_dir.join(format!("usr/lib/modules/{kver}/initramfs.img"));
+    std::fs::create_dir_all(initramfs_path.parent().unwrap_or(&overlay_dir))?;
+    std::fs::write(&initramfs_path, &image)
+        .with_context(|| format!("writing {}", initramfs_path.display()))?;
+
+    progress.stage("commit", &format!("committing to {}", repo_path.display()));
+    let ostree_ref = commit::ostree_ref(&m.name);
+    let subject = format!("{} {}", m.name, m.version);
+    let committed = commit::commit(&commit::CommitSpec {
+        repo: &repo_path,
+        ostree_ref: &ostree_ref,
+        base: &base.dir,
+        base_roots: &cache.trees().join(format!("{}.roots.json", base.info.key)),
+        overlay: &overlay_dir,
+        version: &m.version,
+        subject: &subject,
+        timestamp,
+        gpg: gpg.as_ref().map(|(id, home)| (id.as_str(), home.as_path())),
+    })?;
+
+    progress.stage("deploy", "deploying into a fresh sysroot");
+    let layout = disk_layout(&m, &committed.checksum, timestamp);
+    let sysroot_dir = work.path.join("sysroot");
+    std::fs::create_dir_all(&sysroot_dir)?;
+    let kargs = kernel_args(&m, &layout.ids.root_part_guid);
+    let gpg_key = m
+        .update
+        .as_ref()
+        .and_then(|u| u.gpg_key.as_ref())
+        .map(|k| m.base_dir().join(&k.value));
+    let deployment = berth_sysroot::install::install(
+        &sysroot_dir,
+        &berth_sysroot::install::InstallSpec {
+            source_repo: &repo_path,
+            ostree_ref: &ostree_ref,
+            remote: m.update.as_ref().map(|u| ("berth", u.url.as_str())),
+            remote_gpg_key: gpg_key.as_deref(),
+            kargs: &kargs,
+        },
+    )?;
+    normalize_times(&sysroot_dir, timestamp).context("stamping the sysroot's times")?;
+    let plan = berth_sysroot::esp::plan(&sysroot_dir, std::slice::from_ref(&deployment));
+    let esp_files = esp_files(&plan);
+
+    progress.stage("disk", "writing the disk image");
+    let needed = disk::root_bytes_needed(&sysroot_dir)?;
+    let available = disk::root_partition_size(&layout);
+    if needed > available {
+        return Err(too_small(&m, needed, available).into());
+    }
+    let ext = match opts.format {
+        ImageFormat::Raw => "raw",
+        ImageFormat::Qcow2 => "qcow2",
+    };
+    let final_path = opts.output.join(format!("{}.{ext}", m.name));
+    let raw_tmp = Partial::new(opts.output.join(format!(".{}.raw.partial", m.name)));
+    let report = match disk::write_image(&raw_tmp.path, &layout, &esp_files, &sysroot_dir) {
+        Ok(r) => r,
+        Err(disk::DiskError::RootTooSmall { needed, available }) => {
+            return Err(too_small(&m, needed, available).into());
+        }
+        Err(e) => return Err(e).context("writing the disk image"),
+    };
+    let report = match opts.format {
+        ImageFormat::Raw => {
+            raw_tmp.persist(&final_path)?;
+            report
+        }
+        ImageFormat::Qcow2 => {
+            let q = Partial::new(opts.output.join(format!(".{}.qcow2.partial", m.name)));
+            disk::convert(&raw_tmp.path, &q.path, "qcow2").context("converting to qcow2")?;
+            q.persist(&final_path)?;
+            let meta = std::fs::metadata(&final_path)?;
+            disk::DiskReport {
+                apparent_size: meta.len(),
+                allocated_size: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
+                ..report
+            }
+        }
+    };
+    drop(work);
+    Ok(BuildOutput {
+        image: final_path,
+        repo: repo_path,
+        ostree_ref,
+        commit: committed,
+        name: m.name.clone(),
+        version: m.version.clone(),
+        disk: report,
+        fetched: base.fresh,
+        base: base.info,
+        initramfs: (image.len() as u64, modules),
+    })
+}
+
+/// The disk layout of an image: sizes from the manifest, identifiers
+/// derived from the commit.
+pub fn disk_layout(m: &Manifest, commit: &str, timestamp: u64) -> disk::DiskLayout {
+    disk::DiskLayout {
+        disk_size: m.disk.size.value,
+        esp_size: m.disk.esp_size.value,
+        ids: disk::DiskIds {
+            disk_guid: ids::derived_uuid("disk", commit),
+            esp_part_guid: ids::derived_uuid("esp-partition", commit),
+            root_part_guid: ids::derived_uuid("root-partition", commit),
+            root_fs_uuid: ids::derived_uuid("root-filesystem", commit),
+            esp_volume_id: ids::derived_u32("esp-volume", commit),
+            timestamp: i64::try_from(timestamp).unwrap_or(i64::MAX),
+        },
+    }
+}
+
+/// The kernel command line of the image's deployments (libostree keeps it
+/// and upgrades inherit it): the root partition, the serial console, and
+/// `panic=10` so a kernel panic reboots and counts as a failed try.
+pub fn kernel_args(m: &Manifest, root_part: &uuid::Uuid) -> Vec<String> {
+    let mut args = vec![
+        format!("root=PARTUUID={root_part}"),
+        "rw".to_string(),
+        "console=tty0".to_string(),
+        "console=ttyS0,115200".to_string(),
+        "panic=10".to_string(),
+    ];
+    args.extend(m.kernel.cmdline.iter().cloned());
+    args
+}
+
+/// The ESP plan as files for the FAT writer.
+fn esp_files(plan: &berth_sysroot::esp::EspPlan) -> Vec<disk::EspFile> {
+    let mut files: Vec<disk::EspFile> = plan
+        .files
+        .iter()
+        .map(|f| disk::EspFile {
+            path: f.esp_path.clone(),
+            data: disk::EspData::File(f.source.clone()),
+        })
+        .collect();
+    files.push(disk::EspFile {
+        path: berth_sysroot::esp::LOADER_CONF_PATH.into(),
+        data: disk::EspData::Bytes(berth_sysroot::esp::LOADER_CONF.as_bytes().to_vec()),
+    });
+    for e in &plan.entries {
+        // The first install is known good: no boot counter.
+        let name = berth_sysroot::bls::EntryName::good(&e.stem).file_name();
+        files.push(disk::EspFile {
+            path: format!("{}/{name}", berth_sysroot::esp::ENTRIES_DIR),
+            data: disk::EspData::Bytes(e.entry.render().into_bytes()),
+        });
+    }
+    files
+}
+
+fn too_small(m: &Manifest, needed: u64, available: u64) -> crate::manifest::ManifestError {
+    m.error_at(
+        &m.disk.size.key,
+        &m.disk.size.span,
+        format!(
+            "{} leaves a {} root partition, but the OS needs about {}: make the disk larger",
+            human_bytes(m.disk.size.value),
+            human_bytes(available),
+            human_bytes(needed)
+        ),
+    )
+}
+
+/// Turns "the mirror has no such package" into a manifest error on the
+/// line that asked for it.
+fn locate_package_error(m: &Manifest, e: anyhow::Error) -> anyhow::Error {
+    if let Some(PackagesError::Missing(name)) = e.downcast_ref::<PackagesError>() {
+        let msg = format!(
+            "the package source ({} {}) has no package \"{name}\"",
+            m.source.mirror, m.source.suite
+        );
+        return match crate::packages::locate_missing(m, name) {
+            Some(p) => m.error_at(&p.key, &p.span, msg).into(),
+            None => InputError(msg).into(),
+        };
+    }
+    e
+}
+
+/// The GPG key to sign commits with, from `[update]`.
+fn signing_key(m: &Manifest) -> anyhow::Result<Option<(String, PathBuf)>> {
+    let Some(u) = &m.update else { return Ok(None) };
+    match (&u.gpg_key_id, &u.gpg_homedir) {
+        (Some(id), Some(home)) => {
+            let dir = m.base_dir().join(&home.value);
+            if !dir.is_dir() {
+                return Err(m
+                    .error_at(
+                        &home.key,
+                        &home.span,
+                        format!("{} is not a directory", dir.display()),
+                    )
+                    .into());
+            }
+            Ok(Some((id.clone(), dir)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Sets every access and modification time in `root` to `timestamp`:
+/// directories libostree creates get the current time, and mke2fs copies
+/// times into the file system.
+fn normalize_times(root: &Path, timestamp: u64) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+    let t = Timespec {
+        tv_sec: i64::try_from(timestamp).unwrap_or(i64::MAX),
+        tv_nsec: 0,
+    };
+    let times = Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+            utimensat(CWD, entry.path(), &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        utimensat(CWD, &dir, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    Ok(())
+}
+
+/// The build's scratch directory in the output directory (same file
+/// system as the image, so nothing large crosses devices). Removed when
+/// dropped; a stale one from an interrupted build is removed first.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create(output: &Path, name: &str) -> anyhow::Result<WorkDir> {
+        let path = output.join(format!(".berth-work-{name}"));
+        fsutil::remove_any(&path)
+            .with_context(|| format!("removing the stale {}", path.display()))?;
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fsutil::remove_any(&self.path);
+    }
+}
+
+/// A file being written under a temporary name; deleted unless persisted.
+struct Partial {
+    path: PathBuf,
+}
+
+impl Partial {
+    fn new(path: PathBuf) -> Partial {
+        let _ = std::fs::remove_file(&path);
+        Partial { path }
+    }
+
+    /// Flushes the file and renames it to `dest` atomically.
+    fn persist(self, dest: &Path) -> anyhow::Result<()> {
+        let f = std::fs::File::open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        std::fs::rename(&self.path, dest)
+            .with_context(|| format!("renaming {} to {}", self.path.display(), dest.display()))?;
+        if let Some(dir) = dest.parent() {
+            if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn print_summary(out: &BuildOutput, progress: &Progress, total: f64) {
+    let short = |c: &str| c.chars().take(16).collect::<String>();
+    println!("Built {} {}", out.name, out.version);
+    println!(
+        "  image      {} ({} apparent, {} allocated)",
+        out.image.display(),
+        human_bytes(out.disk.apparent_size),
+        human_bytes(out.disk.allocated_size)
+    );
+    println!(
+        "  repo       {}  ref {}",
+        out.repo.display(),
+        out.ostree_ref
+    );
+    println!(
+        "  commit     {}  parent {}{}",
+        out.commit.checksum,
+        out.commit
+            .parent
+            .as_deref()
+            .map_or("none".to_string(), short),
+        if out.commit.delta {
+            ", static delta written"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  tree       {} (extracted {}; {} packages, {}; kernel {}, {} modules)",
+        human_bytes(out.base.tree_bytes),
+        human_bytes(out.base.extracted_bytes),
+        out.base.packages.len(),
+        if out.fetched { "fetched" } else { "from cache" },
+        out.base.kernel_version,
+        out.base.modules.len()
+    );
+    println!(
+        "  initramfs  {} ({} modules)",
+        human_bytes(out.initramfs.0),
+        out.initramfs.1.len()
+    );
+    let stages: Vec<String> = progress
+        .timings
+        .iter()
+        .map(|(s, d)| format!("{s} {:.1}s", d.as_secs_f64()))
+        .collect();
+    println!("  time       {total:.1}s ({})", stages.join(", "));
+}

@@ -1,0 +1,225 @@
+//! The OSTree side of a build: commit the base tree and the overlay
+//! together into the archive repository (`ref berth/<name>/x86_64`, parent
+//! = the ref's previous commit, metadata `version`), then write a static
+//! delta from the parent and regenerate the summary, so any static HTTP
+//! server can serve the repository to hosts.
+
+use std::path::Path;
+
+use anyhow::Context;
+use ostree::prelude::*;
+use ostree::{gio, glib};
+
+/// The ref an image is committed under.
+pub fn ostree_ref(name: &str) -> String {
+    format!("berth/{name}/x86_64")
+}
+
+/// A finished commit.
+#[derive(Debug, Clone)]
+pub struct CommitResult {
+    /// Its checksum.
+    pub checksum: String,
+    /// The previous commit of the ref, if any.
+    pub parent: Option<String>,
+    /// Whether a static delta from the parent was written.
+    pub delta: bool,
+}
+
+/// What to commit.
+#[derive(Debug, Clone)]
+pub struct CommitSpec<'a> {
+    /// Archive repository (created when missing).
+    pub repo: &'a Path,
+    /// Ref to move.
+    pub ostree_ref: &'a str,
+    /// The cached package tree (committed once per repository, then reused
+    /// by its tree checksum).
+    pub base: &'a Path,
+    /// Where the base tree's checksums are remembered between builds.
+    pub base_roots: &'a Path,
+    /// Berth's own files, committed on top of the base (they win).
+    pub overlay: &'a Path,
+    /// Commit metadata `version`.
+    pub version: &'a str,
+    /// Commit subject.
+    pub subject: &'a str,
+    /// Commit timestamp (unix seconds).
+    pub timestamp: u64,
+    /// GPG key id and home directory to sign commit and summary with.
+    pub gpg: Option<(&'a str, &'a Path)>,
+}
+
+/// Opens the archive repository at `path`, creating it when missing.
+pub fn open_or_create(path: &Path) -> anyhow::Result<ostree::Repo> {
+    let repo = ostree::Repo::new_for_path(path);
+    if path.join("config").exists() {
+        repo.open(gio::Cancellable::NONE)
+            .with_context(|| format!("opening the OSTree repository {}", path.display()))?;
+    } else {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
+            .with_context(|| {
+                format!(
+                    "creating an archive OSTree repository in {}",
+                    path.display()
+                )
+            })?;
+    }
+    Ok(repo)
+}
+
+/// Commits `spec.trees` and moves the ref.
+pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
+    let none = gio::Cancellable::NONE;
+    let repo = open_or_create(spec.repo)?;
+    let parent = repo
+        .resolve_rev(spec.ostree_ref, true)
+        .with_context(|| format!("resolving {}", spec.ostree_ref))?
+        .map(|s| s.to_string());
+
+    // One sync at the end instead of one per object: a build that dies
+    // midway leaves the ref where it was, and libostree cleans up its
+    // staging directory on the next transaction.
+    repo.set_disable_fsync(true);
+    repo.prepare_transaction(none)
+        .context("starting an OSTree transaction")?;
+    // Host security labels of the build machine do not belong in the image.
+    let modifier =
+        ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::SKIP_XATTRS, None);
+    let mtree = base_mtree(&repo, spec, &modifier)?;
+    repo.write_directory_to_mtree(
+        &gio::File::for_path(spec.overlay),
+        &mtree,
+        Some(&modifier),
+        none,
+    )
+    .with_context(|| format!("adding {} to the commit", spec.overlay.display()))?;
+    let root = repo
+        .write_mtree(&mtree, none)
+        .context("writing the commit's trees")?;
+    let root = root
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
+    let meta = glib::VariantDict::new(None);
+    meta.insert_value("version", &spec.version.to_variant());
+    meta.insert_value("ostree.bootable", &true.to_variant());
+    let checksum = repo
+        .write_commit_with_time(
+            parent.as_deref(),
+            Some(spec.subject),
+            None,
+            Some(&meta.end()),
+            &root,
+            spec.timestamp,
+            none,
+        )
+        .context("writing the commit")?
+        .to_string();
+    repo.transaction_set_ref(None, spec.ostree_ref, Some(&checksum));
+    repo.commit_transaction(none)
+        .context("finishing the OSTree transaction")?;
+
+    if let Some((key_id, homedir)) = spec.gpg {
+        repo.sign_commit(&checksum, key_id, Some(&homedir.to_string_lossy()), none)
+            .with_context(|| format!("signing commit {checksum} with GPG key {key_id}"))?;
+    }
+    let mut delta = false;
+    if let Some(parent) = &parent {
+        // The parent may be gone (pruned); then hosts fetch objects.
+        if repo.load_commit(parent).is_ok() {
+            // libostree reads its parameters without a NULL check.
+            let params = glib::VariantDict::new(None).end();
+            repo.static_delta_generate(
+                ostree::StaticDeltaGenerateOpt::Major,
+                Some(parent),
+                &checksum,
+                None,
+                Some(&params),
+                none,
+            )
+            .with_context(|| format!("writing the static delta {parent} -> {checksum}"))?;
+            delta = true;
+        }
+    }
+    repo.regenerate_summary(None, none)
+        .context("regenerating the summary")?;
+    if let Some((key_id, homedir)) = spec.gpg {
+        repo.add_gpg_signature_summary(&[key_id], Some(&homedir.to_string_lossy()), none)
+            .with_context(|| format!("signing the summary with GPG key {key_id}"))?;
+    }
+    sync_repo(spec.repo)?;
+    Ok(CommitResult {
+        checksum,
+        parent,
+        delta,
+    })
+}
+
+/// The base tree as a mutable tree. The first build into a repository
+/// reads and checksums every file of it; later builds start from its tree
+/// checksum (remembered in `spec.base_roots`), so an unchanged package
+/// tree costs nothing to commit again.
+fn base_mtree(
+    repo: &ostree::Repo,
+    spec: &CommitSpec,
+    modifier: &ostree::RepoCommitModifier,
+) -> anyhow::Result<ostree::MutableTree> {
+    let none = gio::Cancellable::NONE;
+    let repo_key = spec
+        .repo
+        .canonicalize()
+        .unwrap_or_else(|_| spec.repo.to_path_buf());
+    let repo_key = repo_key.to_string_lossy().into_owned();
+    let mut roots: std::collections::BTreeMap<String, (String, String)> =
+        std::fs::read_to_string(spec.base_roots)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+    if let Some((contents, meta)) = roots.get(&repo_key) {
+        let present = repo
+            .has_object(ostree::ObjectType::DirTree, contents, none)
+            .unwrap_or(false)
+            && repo
+                .has_object(ostree::ObjectType::DirMeta, meta, none)
+                .unwrap_or(false);
+        if present {
+            return Ok(ostree::MutableTree::from_checksum(repo, contents, meta));
+        }
+    }
+    let mtree = ostree::MutableTree::new();
+    repo.write_directory_to_mtree(
+        &gio::File::for_path(spec.base),
+        &mtree,
+        Some(modifier),
+        none,
+    )
+    .with_context(|| format!("adding {} to the commit", spec.base.display()))?;
+    let root = repo
+        .write_mtree(&mtree, none)
+        .context("writing the base tree")?;
+    let root = root
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
+    root.ensure_resolved().context("resolving the base tree")?;
+    let (Some(contents), Some(meta)) = (
+        root.tree_get_contents_checksum(),
+        root.tree_get_metadata_checksum(),
+    ) else {
+        anyhow::bail!("libostree gave no checksum for the base tree");
+    };
+    roots.insert(repo_key, (contents.to_string(), meta.to_string()));
+    // Best effort: without it the next build just checksums the tree again.
+    let _ = std::fs::write(
+        spec.base_roots,
+        serde_json::to_string_pretty(&roots).unwrap_or_default(),
+    );
+    Ok(ostree::MutableTree::from_checksum(repo, &contents, &meta))
+}
+
+/// Flushes the repository's file system once (fsync was off per object).
+fn sync_repo(path: &Path) -> anyhow::Result<()> {
+    let dir = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    rustix::fs::syncfs(&dir).with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Manifests: reading, validating and reporting errors in them.
+//!
+//! A manifest is strict TOML (unknown keys are errors). Every error names
+//! the file, the key path and the line:column, e.g.
+//! `manifests/x.toml:7:8: service[0].restart: unknown policy "sometimes"`,
+//! and makes `berth` exit 2. Later build steps that find a problem with a
+//! manifest value (a package the mirror lacks, a disk too small) report it
+//! through [`Manifest::error_at`] the same way.
+
+mod schema;
+pub mod units;
+mod validate;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+pub use berth_hostapi::config::{Network, Readiness, Restart, Service};
+
+/// An error in a manifest, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the error has a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// The key path, e.g. `service[1].ready` (empty for the whole file).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ManifestError {
+    fn render(&self) -> String {
+        let mut out = self.file.display().to_string();
+        if let Some((line, col)) = self.position {
+            out.push_str(&format!(":{line}:{col}"));
+        }
+        out.push_str(": ");
+        if !self.key.is_empty() {
+            out.push_str(&self.key);
+            out.push_str(": ");
+        }
+        out.push_str(&self.message);
+        out
+    }
+}
+
+/// A value from the manifest with the place it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// The key path it was found at.
+    pub key: String,
+    /// Byte range in the manifest text.
+    pub span: Range<usize>,
+}
+
+/// A validated manifest: every value parsed, checked and defaulted.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Its text (kept to locate errors found later).
+    pub text: String,
+    /// Image name: `[a-z0-9][a-z0-9-]*`, used in file names and the OSTree ref.
+    pub name: String,
+    /// OS version (os-release VERSION_ID, commit metadata `version`).
+    pub version: String,
+    /// Free text for os-release PRETTY_NAME.
+    pub description: Option<String>,
+    /// Package source.
+    pub source: Source,
+    /// Kernel package, command line and modules.
+    pub kernel: Kernel,
+    /// Disk image sizes.
+    pub disk: Disk,
+    /// Host settings.
+    pub host: Host,
+    /// Network configuration.
+    pub network: Network,
+    /// Services, in manifest order.
+    pub services: Vec<Service>,
+    /// Where hosts look for updates.
+    pub update: Option<Update>,
+}
+
+/// `[source]`: a Debian archive and the packages to take from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Suite, e.g. `bookworm`.
+    pub suite: String,
+    /// Mirror URL.
+    pub mirror: String,
+    /// Archive components.
+    pub components: Vec<String>,
+    /// Packages the manifest asks for (beyond the ones every image has).
+    pub packages: Vec<Located<String>>,
+}
+
+/// `[kernel]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    /// The kernel package (default `linux-image-amd64`).
+    pub package: Located<String>,
+    /// Extra kernel command-line arguments.
+    pub cmdline: Vec<String>,
+    /// Extra modules to keep in the image and load at boot.
+    pub modules: Vec<String>,
+}
+
+/// `[disk]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Whole disk size in bytes.
+    pub size: Located<u64>,
+    /// ESP size in bytes.
+    pub esp_size: Located<u64>,
+}
+
+/// `[host]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Hostname.
+    pub hostname: String,
+    /// Root shell on the serial console.
+    pub debug_shell: bool,
+    /// Deadline for a boot on trial to become ready.
+    pub ready_deadline_ms: u64,
+    /// sysctl settings.
+    pub sysctls: std::collections::BTreeMap<String, String>,
+}
+
+/// `[update]`: the OSTree remote hosts pull from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// Base URL of the OSTree archive repository.
+    pub url: String,
+    /// ASCII-armored public key file (relative to the manifest) hosts verify with.
+    pub gpg_key: Option<Located<PathBuf>>,
+    /// GnuPG home holding the secret key `berth build` signs with.
+    pub gpg_homedir: Option<Located<PathBuf>>,
+    /// The key id to sign with.
+    pub gpg_key_id: Option<String>,
+}
+
+/// Default image size when `[disk] size` is not given.
+pub const DEFAULT_DISK_SIZE: u64 = 1 << 30;
+/// Default ESP size: room for three kernels and initramfs images.
+pub const DEFAULT_ESP_SIZE: u64 = 128 << 20;
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.to_path_buf(),
+            position: None,
+            key: String::new(),
+            message: format!("cannot read the manifest: {e}"),
+        })?;
+        Manifest::parse(path, &text)
+    }
+
+    /// Validates manifest `text`; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        validate::parse(path, text)
+    }
+
+    /// An error about the value written at `span` under `key`.
+    pub fn error_at(
+        &self,
+        key: &str,
+        span: &Range<usize>,
+        message: impl Into<String>,
+    ) -> ManifestError {
+        ManifestError {
+            file: self.path.clone(),
+            position: Some(line_col(&self.text, span.start)),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The directory relative paths in the manifest are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests;

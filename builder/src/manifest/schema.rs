@@ -1,0 +1,119 @@
+//! The manifest as written: serde structs mirroring the TOML, strict
+//! (`deny_unknown_fields`), with source spans on every value a later check
+//! may need to point at. docs/manifest.md documents each key.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole manifest file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawManifest {
+    pub name: Spanned<String>,
+    pub version: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub source: RawSource,
+    #[serde(default)]
+    pub kernel: RawKernel,
+    #[serde(default)]
+    pub disk: RawDisk,
+    #[serde(default)]
+    pub host: RawHost,
+    #[serde(default)]
+    pub network: RawNetwork,
+    #[serde(default, rename = "service")]
+    pub services: Vec<RawService>,
+    #[serde(default)]
+    pub update: Option<RawUpdate>,
+}
+
+/// `[source]`: where packages come from and which.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSource {
+    pub suite: Option<Spanned<String>>,
+    pub mirror: Option<Spanned<String>>,
+    #[serde(default)]
+    pub components: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub packages: Vec<Spanned<String>>,
+}
+
+/// `[kernel]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawKernel {
+    pub package: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cmdline: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub modules: Vec<Spanned<String>>,
+}
+
+/// `[disk]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDisk {
+    pub size: Option<Spanned<String>>,
+    pub esp_size: Option<Spanned<String>>,
+}
+
+/// `[host]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawHost {
+    pub hostname: Option<Spanned<String>>,
+    #[serde(default)]
+    pub debug_shell: bool,
+    pub ready_deadline: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+/// `[network]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawNetwork {
+    pub mode: Option<Spanned<String>>,
+    pub interface: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dns: Vec<Spanned<String>>,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawService {
+    pub name: Spanned<String>,
+    pub command: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub restart: Option<Spanned<String>>,
+    #[serde(default)]
+    pub after: Vec<Spanned<String>>,
+    pub ready: Option<Spanned<String>>,
+    pub stop_signal: Option<Spanned<String>>,
+    pub stop_timeout: Option<Spanned<String>>,
+    pub backoff_initial: Option<Spanned<String>>,
+    pub backoff_max: Option<Spanned<String>>,
+    pub required: Option<bool>,
+}
+
+/// `[update]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawUpdate {
+    pub url: Spanned<String>,
+    pub gpg_key: Option<Spanned<String>>,
+    pub gpg_homedir: Option<Spanned<String>>,
+    pub gpg_key_id: Option<Spanned<String>>,
+}

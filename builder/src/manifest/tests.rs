@@ -1,0 +1,215 @@
+//! Each manifest error names the file, the key path and the line:column.
+
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+name = "demo"
+version = "1.2.0"
+
+[source]
+packages = ["busybox-static"]
+
+[disk]
+size = "2G"
+
+[[service]]
+name = "web"
+command = ["httpd", "-f"]
+ready = "tcp:80"
+
+[[service]]
+name = "worker"
+command = ["worker"]
+after = ["web"]
+restart = "on-failure"
+"#;
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    Manifest::parse(Path::new("m.toml"), text)
+}
+
+fn err(text: &str) -> ManifestError {
+    parse(text).expect_err("manifest should be rejected")
+}
+
+#[test]
+fn good_manifest_parses_with_defaults() {
+    let m = parse(GOOD).unwrap();
+    assert_eq!(m.name, "demo");
+    assert_eq!(m.source.suite, "bookworm");
+    assert_eq!(m.source.packages[0].value, "busybox-static");
+    assert_eq!(m.disk.size.value, 2 << 30);
+    assert_eq!(m.disk.esp_size.value, DEFAULT_ESP_SIZE);
+    assert_eq!(m.services[0].ready, Readiness::Tcp { port: 80 });
+    assert_eq!(m.services[1].restart, Restart::OnFailure);
+    assert_eq!(m.kernel.package.value, "linux-image-amd64");
+    assert_eq!(m.network, Network::None);
+}
+
+#[test]
+fn missing_file_names_the_file() {
+    let e = Manifest::load(Path::new("/nonexistent/m.toml")).unwrap_err();
+    assert_eq!(e.file, Path::new("/nonexistent/m.toml"));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/m.toml: cannot read the manifest"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_toml_has_a_position() {
+    let e = err("name = \"x\"\nversion = \n");
+    assert_eq!(e.position.map(|p| p.0), Some(2), "{e}");
+    assert!(e.to_string().starts_with("m.toml:2:"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = err("name = \"x\"\nversion = \"1\"\n[disk]\nsize = \"1G\"\nsise = \"2G\"\n");
+    assert_eq!(e.position, Some((5, 1)), "{e}");
+    assert!(e.message.contains("unknown field `sise`"), "{e}");
+    assert_eq!(e.key, "disk.sise", "{e}");
+}
+
+#[test]
+fn unknown_key_in_a_service_names_its_index() {
+    let e = err(
+        "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"a\"\ncommand = [\"a\"]\nrestat = \"always\"\n",
+    );
+    assert_eq!(e.key, "service[0].restat", "{e}");
+    assert_eq!(e.position, Some((6, 1)), "{e}");
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let e = err("name = \"x\"\nversion = \"1\"\n[host]\ndebug-shell = \"yes\"\n");
+    assert_eq!(e.key, "host.debug-shell", "{e}");
+    assert_eq!(e.position.map(|p| p.0), Some(4), "{e}");
+    assert!(e.message.contains("bool"), "{e}");
+}
+
+#[test]
+fn missing_required_key() {
+    let e = err("name = \"x\"\n");
+    assert!(e.message.contains("missing field `version`"), "{e}");
+}
+
+#[test]
+fn empty_name() {
+    let e = err("name = \"\"\nversion = \"1\"\n");
+    assert_eq!((e.key.as_str(), e.position), ("name", Some((1, 8))), "{e}");
+    assert!(e.message.contains("must not be empty"));
+}
+
+#[test]
+fn invalid_name() {
+    let e = err("version = \"1\"\nname = \"My Image\"\n");
+    assert_eq!((e.key.as_str(), e.position), ("name", Some((2, 8))), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("m.toml:2:8: name: \"My Image\" is not a valid name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn invalid_version() {
+    let e = err("name = \"x\"\nversion = \"v1 beta\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("version", Some((2, 11))),
+        "{e}"
+    );
+}
+
+#[test]
+fn invalid_package_name() {
+    let e = err("name = \"x\"\nversion = \"1\"\n[source]\npackages = [\"ok\", \"Bad Name\"]\n");
+    assert_eq!(e.key, "source.packages[1]");
+    assert_eq!(e.position, Some((4, 19)), "{e}");
+}
+
+#[test]
+fn bad_size_and_too_small_disk() {
+    let e = err("name = \"x\"\nversion = \"1\"\n[disk]\nsize = \"lots\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.position.map(|p| p.0)),
+        ("disk.size", Some(4)),
+        "{e}"
+    );
+    let e = err("name = \"x\"\nversion = \"1\"\n[disk]\nsize = \"100M\"\n");
+    assert_eq!(e.key, "disk.size");
+    assert!(e.message.contains("no room"), "{e}");
+}
+
+#[test]
+fn service_errors() {
+    let base = "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"a\"\ncommand = [\"a\"]\n";
+    let e = err(&format!("{base}restart = \"sometimes\"\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("service[0].restart", Some((6, 11))),
+        "{e}"
+    );
+    let e = err(&format!("{base}ready = \"udp:53\"\n"));
+    assert_eq!(e.key, "service[0].ready", "{e}");
+    let e = err(&format!("{base}after = [\"ghost\"]\n"));
+    assert_eq!(e.key, "service[0].after[0]", "{e}");
+    assert!(e.message.contains("no service named \"ghost\""));
+    let e = err(&format!("{base}stop-timeout = \"soon\"\n"));
+    assert_eq!(e.key, "service[0].stop-timeout", "{e}");
+    let e = err(&format!(
+        "{base}[[service]]\nname = \"a\"\ncommand = [\"b\"]\n"
+    ));
+    assert!(e.message.contains("already exists"), "{e}");
+    let e = err("name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"a\"\ncommand = []\n");
+    assert_eq!(e.key, "service[0].command");
+}
+
+#[test]
+fn after_cycles_are_rejected() {
+    let e = err(
+        "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"a\"\ncommand = [\"a\"]\nafter = [\"b\"]\n[[service]]\nname = \"b\"\ncommand = [\"b\"]\nafter = [\"a\"]\n",
+    );
+    assert!(e.message.contains("cycle: a -> b -> a"), "{e}");
+}
+
+#[test]
+fn network_modes() {
+    let m = parse("name = \"x\"\nversion = \"1\"\n[network]\nmode = \"dhcp\"\n").unwrap();
+    assert!(matches!(m.network, Network::Dhcp { ref interface, .. } if interface == "eth0"));
+    let e = err(
+        "name = \"x\"\nversion = \"1\"\n[network]\nmode = \"static\"\naddress = \"10.0.2.15\"\n",
+    );
+    assert_eq!(e.key, "network.address", "{e}");
+    let e = err("name = \"x\"\nversion = \"1\"\n[network]\nmode = \"carrier-pigeon\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("network.mode", Some((4, 8))),
+        "{e}"
+    );
+}
+
+#[test]
+fn error_at_locates_later_findings() {
+    let m = parse(GOOD).unwrap();
+    let p = &m.source.packages[0];
+    let e = m.error_at(
+        &p.key,
+        &p.span,
+        "the mirror has no package \"busybox-static\"",
+    );
+    assert_eq!(
+        e.to_string(),
+        "m.toml:6:13: source.packages[0]: the mirror has no package \"busybox-static\""
+    );
+}
+
+#[test]
+fn line_col_counts_from_one() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+}

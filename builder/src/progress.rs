@@ -1,0 +1,107 @@
+//! Progress of a build: a spinner per stage on a terminal (indicatif),
+//! plain lines when stderr is not a terminal, and the time each stage
+//! took for the summary.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The stages of `berth build`, in order.
+pub const STAGES: [&str; 7] = [
+    "resolve",
+    "fetch",
+    "assemble",
+    "initramfs",
+    "commit",
+    "deploy",
+    "disk",
+];
+
+/// Reports stages as they run and remembers their durations.
+pub struct Progress {
+    fancy: bool,
+    current: Option<(usize, Instant, Option<ProgressBar>)>,
+    /// Finished stages and how long each took.
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
+impl Progress {
+    /// Spinners when stderr is a terminal, plain lines otherwise.
+    pub fn new() -> Progress {
+        Progress {
+            fancy: std::io::stderr().is_terminal(),
+            current: None,
+            timings: Vec::new(),
+        }
+    }
+
+    /// Starts stage `name` (one of [`STAGES`]) with a short description.
+    pub fn stage(&mut self, name: &'static str, what: &str) {
+        self.finish();
+        let n = STAGES.iter().position(|s| *s == name).unwrap_or(0);
+        let label = format!("[{}/{}] {name:<9} {what}", n + 1, STAGES.len());
+        let bar = if self.fancy {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_message(label);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Some(bar)
+        } else {
+            eprintln!("berth: {label}");
+            None
+        };
+        self.current = Some((n, Instant::now(), bar));
+    }
+
+    /// Updates the current stage's description.
+    pub fn note(&self, what: &str) {
+        match &self.current {
+            Some((n, _, Some(bar))) => {
+                bar.set_message(format!(
+                    "[{}/{}] {:<9} {what}",
+                    n + 1,
+                    STAGES.len(),
+                    STAGES[*n]
+                ));
+            }
+            Some((_, _, None)) => eprintln!("berth:           {what}"),
+            None => {}
+        }
+    }
+
+    /// Ends the current stage, if any, recording its time.
+    pub fn finish(&mut self) {
+        if let Some((n, start, bar)) = self.current.take() {
+            let took = start.elapsed();
+            let line = format!(
+                "[{}/{}] {:<9} done in {:.1}s",
+                n + 1,
+                STAGES.len(),
+                STAGES[n],
+                took.as_secs_f64()
+            );
+            match bar {
+                Some(bar) => bar.finish_with_message(line),
+                None => eprintln!("berth: {line}"),
+            }
+            self.timings.push((STAGES[n], took));
+        }
+    }
+
+    /// Ends the current stage without recording it (on failure).
+    pub fn abandon(&mut self) {
+        if let Some((_, _, Some(bar))) = self.current.take() {
+            bar.abandon();
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! What the ESP must hold for a list of deployments: systemd-boot, its
+//! loader.conf, one folder per deployment with its kernel and initramfs,
+//! and one Boot Loader Specification entry per deployment.
+//!
+//! This module only plans (data); the builder writes the plan into a FAT
+//! image and `berthctl` applies it to the mounted ESP.
+
+use std::path::{Path, PathBuf};
+
+use crate::bls::BootEntry;
+use crate::deployment::DeploymentInfo;
+
+/// Where systemd-boot lives in every deployment (package systemd-boot-efi).
+pub const SYSTEMD_BOOT_IN_TREE: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// The removable-media path firmware boots without NVRAM entries.
+pub const SYSTEMD_BOOT_ON_ESP: &str = "EFI/BOOT/BOOTX64.EFI";
+/// systemd-boot's configuration on the ESP.
+pub const LOADER_CONF_PATH: &str = "loader/loader.conf";
+/// Folder of the boot entries on the ESP.
+pub const ENTRIES_DIR: &str = "loader/entries";
+/// Folder holding one sub-folder per deployment.
+pub const KERNELS_DIR: &str = "berth";
+
+/// loader.conf: no menu (servers boot unattended), no editor (no kernel
+/// command-line edits at the console), and no `default`: systemd-boot then
+/// takes the first good entry by sort key, so a failed entry (boot counter
+/// at 0) falls behind the previous one by itself.
+pub const LOADER_CONF: &str = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
+
+/// A file to copy onto the ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFile {
+    /// Path on the ESP, without a leading '/'.
+    pub esp_path: String,
+    /// Where to read it from.
+    pub source: PathBuf,
+}
+
+/// A boot entry to write onto the ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEntry {
+    /// File name without boot counter and `.conf`.
+    pub stem: String,
+    /// Its contents.
+    pub entry: BootEntry,
+    /// The deployment it boots.
+    pub deployment_id: String,
+}
+
+/// Everything the ESP should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EspPlan {
+    /// Kernels, initramfs images and the boot loader.
+    pub files: Vec<PlannedFile>,
+    /// Boot entries, in libostree's order.
+    pub entries: Vec<PlannedEntry>,
+}
+
+/// The boot entry stem of a deployment: `berth-<checksum>.<serial>`.
+pub fn entry_stem(d: &DeploymentInfo) -> String {
+    format!("berth-{}", d.id())
+}
+
+/// The ESP folder of a deployment: `berth/<checksum>.<serial>`.
+pub fn deployment_folder(d: &DeploymentInfo) -> String {
+    format!("{KERNELS_DIR}/{}", d.id())
+}
+
+/// The boot entry of deployment `d` at position `rank` in the order.
+pub fn boot_entry(d: &DeploymentInfo, rank: usize) -> BootEntry {
+    let folder = deployment_folder(d);
+    BootEntry {
+        title: format!(
+            "{} ({})",
+            d.pretty_name,
+            &d.checksum[..d.checksum.len().min(12)]
+        ),
+        version: d.version.clone(),
+        // Ranks are zero-padded so that "berth-10" does not sort before "berth-2".
+        sort_key: format!("berth-{rank:03}"),
+        linux: format!("/{folder}/vmlinuz"),
+        initrd: format!("/{folder}/initramfs.img"),
+        options: d.cmdline(),
+    }
+}
+
+/// Plans the ESP for `deployments` (libostree's order) of the sysroot at
+/// `root`. systemd-boot is taken from the first (default) deployment.
+pub fn plan(root: &Path, deployments: &[DeploymentInfo]) -> EspPlan {
+    let mut files = Vec::new();
+    if let Some(first) = deployments.first() {
+        files.push(PlannedFile {
+            esp_path: SYSTEMD_BOOT_ON_ESP.into(),
+            source: root.join(first.dir()).join(SYSTEMD_BOOT_IN_TREE),
+        });
+    }
+    let mut entries = Vec::new();
+    for (rank, d) in deployments.iter().enumerate() {
+        let folder = deployment_folder(d);
+        files.push(PlannedFile {
+            esp_path: format!("{folder}/vmlinuz"),
+            source: root.join(&d.kernel),
+        });
+        files.push(PlannedFile {
+            esp_path: format!("{folder}/initramfs.img"),
+            source: root.join(&d.initramfs),
+        });
+        entries.push(PlannedEntry {
+            stem: entry_stem(d),
+            entry: boot_entry(d, rank),
+            deployment_id: d.id(),
+        });
+    }
+    EspPlan { files, entries }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(checksum: &str, version: &str) -> DeploymentInfo {
+        DeploymentInfo {
+            index: 0,
+            stateroot: "berth".into(),
+            checksum: checksum.into(),
+            serial: 0,
+            version: version.into(),
+            pretty_name: "Berth demo".into(),
+            kargs: vec!["root=PARTUUID=p".into()],
+            kernel: PathBuf::from(format!(
+                "ostree/deploy/berth/deploy/{checksum}.0/usr/lib/modules/6.1/vmlinuz"
+            )),
+            initramfs: PathBuf::from(format!(
+                "ostree/deploy/berth/deploy/{checksum}.0/usr/lib/modules/6.1/initramfs.img"
+            )),
+            booted: false,
+            refspec: None,
+        }
+    }
+
+    #[test]
+    fn one_folder_and_one_entry_per_deployment_in_order() {
+        let plan = plan(Path::new("/s"), &[dep("bbbb", "2"), dep("aaaa", "1")]);
+        let paths: Vec<&str> = plan.files.iter().map(|f| f.esp_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "EFI/BOOT/BOOTX64.EFI",
+                "berth/bbbb.0/vmlinuz",
+                "berth/bbbb.0/initramfs.img",
+                "berth/aaaa.0/vmlinuz",
+                "berth/aaaa.0/initramfs.img"
+            ]
+        );
+        assert_eq!(
+            plan.files[0].source,
+            Path::new(
+                "/s/ostree/deploy/berth/deploy/bbbb.0/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+            )
+        );
+        assert_eq!(plan.entries[0].stem, "berth-bbbb.0");
+        assert_eq!(plan.entries[0].entry.sort_key, "berth-000");
+        assert_eq!(plan.entries[1].entry.sort_key, "berth-001");
+        assert!(plan.entries[0].entry.sort_key < plan.entries[1].entry.sort_key);
+        assert_eq!(
+            plan.entries[1].entry.options,
+            "root=PARTUUID=p ostree=/ostree/deploy/berth/deploy/aaaa.0"
+        );
+        assert_eq!(plan.entries[1].entry.linux, "/berth/aaaa.0/vmlinuz");
+    }
+
+    #[test]
+    fn loader_conf_sets_no_default() {
+        assert!(!LOADER_CONF.contains("default"));
+        assert!(LOADER_CONF.contains("timeout 0"));
+    }
+}

@@ -1,0 +1,146 @@
+//! The first install: a fresh OSTree sysroot in a directory, laid out
+//! exactly as libostree lays out a host (`ostree admin init-fs`, `os-init`,
+//! `deploy`), with one deployment of a commit pulled from an archive repo.
+//! The builder then turns that directory into the root file system.
+
+use std::path::Path;
+
+use ostree::prelude::*;
+use ostree::{gio, glib};
+
+use crate::SysrootError;
+use crate::deployment::{DeploymentInfo, STATEROOT, describe};
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct InstallSpec<'a> {
+    /// The archive repository holding the commit.
+    pub source_repo: &'a Path,
+    /// Ref to pull, e.g. `berth/minimal/x86_64`.
+    pub ostree_ref: &'a str,
+    /// The host's OSTree remote (name, URL), written to the image's repo so
+    /// `berthctl upgrade` knows where to pull from; the deployment's origin
+    /// then names `remote:ref`.
+    pub remote: Option<(&'a str, &'a str)>,
+    /// GPG public keys (ASCII armor) the remote's commits must be signed by.
+    pub remote_gpg_key: Option<&'a Path>,
+    /// Kernel arguments of the deployment (without `ostree=`).
+    pub kargs: &'a [String],
+}
+
+/// Creates a sysroot in the empty directory `root` and deploys the commit
+/// `spec.ostree_ref` points at. Returns the deployment.
+pub fn install(root: &Path, spec: &InstallSpec) -> Result<DeploymentInfo, SysrootError> {
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(root)));
+    let none = gio::Cancellable::NONE;
+    sysroot.ensure_initialized(none).map_err(|e| {
+        SysrootError::ostree(format!("initializing a sysroot in {}", root.display()), e)
+    })?;
+    sysroot
+        .load(none)
+        .map_err(|e| SysrootError::ostree("loading the new sysroot", e))?;
+    sysroot
+        .init_osname(STATEROOT, none)
+        .map_err(|e| SysrootError::ostree(format!("creating stateroot {STATEROOT}"), e))?;
+
+    let repo = sysroot.repo();
+    configure_repo(&repo)?;
+    pull_local(&repo, spec.source_repo, spec.ostree_ref)?;
+    let commit = repo
+        .resolve_rev(spec.ostree_ref, false)
+        .map_err(|e| SysrootError::ostree(format!("resolving {}", spec.ostree_ref), e))?
+        .ok_or_else(|| SysrootError::Layout(format!("{} did not arrive", spec.ostree_ref)))?;
+
+    let refspec = match spec.remote {
+        Some((name, url)) => {
+            add_remote(&repo, name, url, spec.remote_gpg_key)?;
+            // Record the ref under the remote too, as a pull from it would.
+            repo.set_ref_immediate(Some(name), spec.ostree_ref, Some(&commit), none)
+                .map_err(|e| SysrootError::ostree("setting the remote ref", e))?;
+            format!("{name}:{}", spec.ostree_ref)
+        }
+        None => spec.ostree_ref.to_string(),
+    };
+    let origin = sysroot.origin_new_from_refspec(&refspec);
+    let kargs: Vec<&str> = spec.kargs.iter().map(String::as_str).collect();
+    let opts = ostree::SysrootDeployTreeOpts {
+        override_kernel_argv: Some(&kargs),
+        ..Default::default()
+    };
+    let deployment = sysroot
+        .deploy_tree_with_options(
+            Some(STATEROOT),
+            &commit,
+            Some(&origin),
+            None,
+            Some(&opts),
+            none,
+        )
+        .map_err(|e| SysrootError::ostree(format!("deploying {commit}"), e))?;
+    sysroot
+        .simple_write_deployment(
+            Some(STATEROOT),
+            &deployment,
+            None,
+            ostree::SysrootSimpleWriteDeploymentFlags::NONE,
+            none,
+        )
+        .map_err(|e| SysrootError::ostree("writing the deployment list", e))?;
+    // libostree seals deployments with chattr +i; the builder must be able
+    // to delete its work tree, and the flag does not survive mke2fs anyway.
+    sysroot
+        .deployment_set_mutable(&deployment, true, none)
+        .map_err(|e| SysrootError::ostree("unsealing the deployment", e))?;
+    describe(root, 0, &deployment, false)
+}
+
+/// `sysroot.bootloader=none`: libostree writes only its own BLS
+/// bookkeeping under /boot; Berth writes the ESP.
+fn configure_repo(repo: &ostree::Repo) -> Result<(), SysrootError> {
+    let config = repo.copy_config();
+    config.set_string("sysroot", "bootloader", "none");
+    repo.write_config(&config)
+        .map_err(|e| SysrootError::ostree("writing the sysroot repo config", e))
+}
+
+/// Pulls `ostree_ref` from the repo at `source` (like `ostree pull-local`).
+pub fn pull_local(
+    repo: &ostree::Repo,
+    source: &Path,
+    ostree_ref: &str,
+) -> Result<(), SysrootError> {
+    let source = source
+        .canonicalize()
+        .map_err(|e| SysrootError::io(format!("resolving {}", source.display()), e))?;
+    let opts = glib::VariantDict::new(None);
+    opts.insert_value("refs", &[ostree_ref].to_variant());
+    opts.insert_value("depth", &0i32.to_variant());
+    let url = format!("file://{}", source.display());
+    repo.pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+        .map_err(|e| {
+            SysrootError::ostree(format!("pulling {ostree_ref} from {}", source.display()), e)
+        })
+}
+
+/// Adds the update remote, with GPG verification when a key is given.
+fn add_remote(
+    repo: &ostree::Repo,
+    name: &str,
+    url: &str,
+    gpg_key: Option<&Path>,
+) -> Result<(), SysrootError> {
+    let opts = glib::VariantDict::new(None);
+    let verify = gpg_key.is_some();
+    opts.insert_value("gpg-verify", &verify.to_variant());
+    opts.insert_value("gpg-verify-summary", &false.to_variant());
+    repo.remote_add(name, Some(url), Some(&opts.end()), gio::Cancellable::NONE)
+        .map_err(|e| SysrootError::ostree(format!("adding remote {name} ({url})"), e))?;
+    if let Some(key) = gpg_key {
+        let file = std::fs::File::open(key)
+            .map_err(|e| SysrootError::io(format!("opening {}", key.display()), e))?;
+        let stream = gio::ReadInputStream::new(file);
+        repo.remote_gpg_import(name, Some(&stream), &[], gio::Cancellable::NONE)
+            .map_err(|e| SysrootError::ostree(format!("importing GPG key {}", key.display()), e))?;
+    }
+    Ok(())
+}
