@@ -13,6 +13,7 @@
 pub mod bls;
 pub mod deployment;
 pub mod esp;
+pub mod esp_state;
 pub mod install;
 
 pub use deployment::{DeploymentInfo, STATEROOT};

@@ -194,6 +194,12 @@ fn network_modes() {
 }
 
 #[test]
+fn dhcp_service_name_is_reserved_with_dhcp() {
+    let e = err("name = \"x\"\nversion = \"1\"\n[network]\nmode = \"dhcp\"\n[[service]]\nname = \"dhcp\"\ncommand = [\"x\"]\n");
+    assert_eq!((e.key.as_str(), e.position), ("service[0].name", Some((6, 8))), "{e}");
+}
+
+#[test]
 fn error_at_locates_later_findings() {
     let m = parse(GOOD).unwrap();
     let p = &m.source.packages[0];

@@ -68,6 +68,7 @@ fn toml_error(path: &Path, text: &str, key: String, e: &toml::de::Error) -> Mani
 }
 
 fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
+    let name_spans: Vec<Range<usize>> = raw.services.iter().map(|s| s.name.span()).collect();
     let name = check_name(c, "name", raw.name)?;
     let version = check_version(c, raw.version)?;
     let source = check_source(c, raw.source)?;
@@ -98,6 +99,16 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
     let host = check_host(c, raw.host)?;
     let network = check_network(c, raw.network)?;
     let services = check_services(c, raw.services)?;
+    if matches!(network, Network::Dhcp { .. }) {
+        if let Some(s) = services.iter().position(|s| s.name == crate::host_config::DHCP_SERVICE) {
+            let span = name_spans.get(s).cloned().unwrap_or(0..0);
+            return Err(c.err(
+                &format!("service[{s}].name"),
+                &span,
+                "\"dhcp\" is the DHCP client's service when [network] mode = \"dhcp\": choose another name",
+            ));
+        }
+    }
     let update = match raw.update {
         Some(u) => Some(Update {
             url: check_url(c, "update.url", u.url)?,

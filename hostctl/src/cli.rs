@@ -1,0 +1,96 @@
+//! The `berthctl` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_hostapi::control::{Request, ShutdownAction};
+use clap::{Parser, Subcommand};
+
+/// Manage this Berth host: services, logs, OS versions.
+#[derive(Debug, Parser)]
+#[command(name = "berthctl", version, about)]
+pub struct Cli {
+    /// berth-init's control socket.
+    #[arg(long, default_value = berth_hostapi::control::CONTROL_SOCKET_PATH, global = true)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The verbs of `berthctl`.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// The deployments of this host: booted, pending, rollback.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The supervised services and their state.
+    Services {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A service's log.
+    Logs {
+        /// The service.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many old lines to print first.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+    },
+    /// Stop and start a service.
+    Restart {
+        /// The service.
+        name: String,
+    },
+    /// Stop every service and reboot.
+    Reboot,
+    /// Stop every service and power off.
+    Poweroff,
+    /// Stop every service and halt.
+    Halt,
+}
+
+/// Runs one verb.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.socket;
+    match cli.command {
+        Cmd::Status { json } => crate::status::run(json),
+        Cmd::Services { json } => crate::control::services(&socket, json),
+        Cmd::Logs {
+            name,
+            follow,
+            lines,
+        } => crate::control::logs(&socket, &name, lines, follow),
+        Cmd::Restart { name } => crate::control::simple(&socket, &Request::Restart { name }),
+        Cmd::Reboot => shutdown(&socket, ShutdownAction::Reboot),
+        Cmd::Poweroff => shutdown(&socket, ShutdownAction::Poweroff),
+        Cmd::Halt => shutdown(&socket, ShutdownAction::Halt),
+    }
+}
+
+fn shutdown(socket: &std::path::Path, action: ShutdownAction) -> anyhow::Result<ExitCode> {
+    crate::control::simple(socket, &Request::Shutdown { action })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_verbs() {
+        let c = Cli::try_parse_from(["berthctl", "logs", "web", "-f", "-n", "5"]).unwrap();
+        assert!(
+            matches!(c.command, Cmd::Logs { ref name, follow: true, lines: 5 } if name == "web")
+        );
+        let c = Cli::try_parse_from(["berthctl", "status", "--json"]).unwrap();
+        assert!(matches!(c.command, Cmd::Status { json: true }));
+        assert!(Cli::try_parse_from(["berthctl", "frobnicate"]).is_err());
+    }
+}

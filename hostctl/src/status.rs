@@ -1,0 +1,147 @@
+//! `berthctl status`: the deployments of this host and what each is to
+//! the boot loader (booted, pending at next boot, rollback), with version,
+//! commit, commit time and boot-counting state.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth_sysroot::DeploymentInfo;
+use serde::Serialize;
+
+/// Where the ESP is mounted on a host.
+pub const ESP_MOUNT: &str = "/efi";
+
+/// One deployment as `status --json` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentStatus {
+    /// `booted`, `pending` or `rollback`.
+    pub role: String,
+    /// OS version.
+    pub version: String,
+    /// Commit checksum.
+    pub commit: String,
+    /// Deploy serial.
+    pub serial: i32,
+    /// Commit time (unix seconds).
+    pub timestamp: u64,
+    /// Boot counting: `good`, `trial` (with tries left) or `bad`.
+    pub boot_state: String,
+    /// Tries left, when on trial.
+    pub tries_left: Option<u32>,
+    /// The origin refspec.
+    pub refspec: Option<String>,
+    /// The stable deployment path.
+    pub path: String,
+}
+
+/// The role of deployment `d` given the booted one's index.
+pub fn role(d: &DeploymentInfo, booted_index: Option<usize>) -> &'static str {
+    match booted_index {
+        Some(b) if d.index == b => "booted",
+        Some(b) if d.index < b => "pending",
+        Some(_) => "rollback",
+        None if d.index == 0 => "pending",
+        None => "rollback",
+    }
+}
+
+/// Collects the status of the sysroot at `/`.
+pub fn collect(root: &Path) -> anyhow::Result<Vec<DeploymentStatus>> {
+    let sysroot = berth_sysroot::deployment::open(root)?;
+    let deployments = berth_sysroot::deployment::list(&sysroot, root)?;
+    let repo = sysroot.repo();
+    let entries =
+        berth_sysroot::esp_state::entry_names(&root.join(ESP_MOUNT.trim_start_matches('/')));
+    let booted = deployments.iter().find(|d| d.booted).map(|d| d.index);
+    Ok(deployments
+        .iter()
+        .map(|d| {
+            let timestamp = repo
+                .load_commit(&d.checksum)
+                .map(|(v, _)| ostree::commit_get_timestamp(&v))
+                .unwrap_or(0);
+            let name = entries.get(&d.id());
+            let (boot_state, tries_left) = match name.map(|n| n.assessment()) {
+                Some(berth_sysroot::bls::Assessment::Trial) => {
+                    ("trial", name.and_then(|n| n.tries_left))
+                }
+                Some(berth_sysroot::bls::Assessment::Bad) => ("bad", Some(0)),
+                Some(berth_sysroot::bls::Assessment::Good) => ("good", None),
+                None => ("no-entry", None),
+            };
+            DeploymentStatus {
+                role: role(d, booted).to_string(),
+                version: d.version.clone(),
+                commit: d.checksum.clone(),
+                serial: d.serial,
+                timestamp,
+                boot_state: boot_state.to_string(),
+                tries_left,
+                refspec: d.refspec.clone(),
+                path: d.stable_path(),
+            }
+        })
+        .collect())
+}
+
+/// `berthctl status [--json]`.
+pub fn run(json: bool) -> anyhow::Result<ExitCode> {
+    let list = collect(Path::new("/")).context("reading the deployments")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "deployments": list }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &list {
+        let marker = if d.role == "booted" { "*" } else { " " };
+        println!(
+            "{marker} {:<8} {} ({}.{})",
+            d.role,
+            d.version,
+            &d.commit[..d.commit.len().min(16)],
+            d.serial
+        );
+        println!(
+            "    boot     {}{}",
+            d.boot_state,
+            d.tries_left
+                .map_or(String::new(), |t| format!(" ({t} tries left)"))
+        );
+        if let Some(r) = &d.refspec {
+            println!("    origin   {r}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn dep(index: usize, booted: bool) -> DeploymentInfo {
+        DeploymentInfo {
+            index,
+            stateroot: "berth".into(),
+            checksum: "c".into(),
+            serial: 0,
+            version: "1".into(),
+            pretty_name: String::new(),
+            kargs: vec![],
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            booted,
+            refspec: None,
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_order() {
+        assert_eq!(role(&dep(0, true), Some(0)), "booted");
+        assert_eq!(role(&dep(1, false), Some(0)), "rollback");
+        assert_eq!(role(&dep(0, false), Some(1)), "pending");
+    }
+}
