@@ -1,6 +1,6 @@
 //! The `berthctl` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use berth_hostapi::control::{Request, ShutdownAction};
@@ -27,6 +27,28 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch and deploy the next OS version; it boots next, on trial.
+    Upgrade {
+        /// Only say whether a new version is available.
+        #[arg(long)]
+        check: bool,
+        /// Reboot into the new version when it is deployed.
+        #[arg(long)]
+        reboot: bool,
+        /// Deploy even a version that failed to boot on this host before.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the previous deployment the default.
+    Rollback {
+        /// Reboot into it.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Reconcile libostree and the ESP with what actually booted (run by
+    /// berth-init at every boot).
+    #[command(hide = true)]
+    BootCheck,
     /// The supervised services and their state.
     Services {
         /// Print JSON instead of text.
@@ -62,6 +84,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cli.socket;
     match cli.command {
         Cmd::Status { json } => crate::status::run(json),
+        Cmd::Upgrade {
+            check,
+            reboot,
+            force,
+        } => {
+            let opts = crate::upgrade::UpgradeOpts { check, force };
+            let (outcome, code) = crate::upgrade::run(Path::new("/"), &opts)?;
+            if reboot && matches!(outcome, crate::upgrade::Outcome::Deployed { .. }) {
+                return shutdown(&socket, ShutdownAction::Reboot);
+            }
+            Ok(code)
+        }
+        Cmd::Rollback { reboot } => {
+            crate::rollback::run(Path::new("/"))?;
+            if reboot {
+                return shutdown(&socket, ShutdownAction::Reboot);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BootCheck => {
+            crate::bootcheck::run(Path::new("/"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Services { json } => crate::control::services(&socket, json),
         Cmd::Logs {
             name,
@@ -75,7 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn shutdown(socket: &std::path::Path, action: ShutdownAction) -> anyhow::Result<ExitCode> {
+fn shutdown(socket: &Path, action: ShutdownAction) -> anyhow::Result<ExitCode> {
     crate::control::simple(socket, &Request::Shutdown { action })
 }
 

@@ -7,9 +7,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod bootcheck;
 mod cli;
 mod control;
+mod host;
+mod rollback;
 mod status;
+mod upgrade;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

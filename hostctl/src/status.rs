@@ -9,8 +9,7 @@ use anyhow::Context;
 use berth_sysroot::DeploymentInfo;
 use serde::Serialize;
 
-/// Where the ESP is mounted on a host.
-pub const ESP_MOUNT: &str = "/efi";
+use crate::host::ESP as ESP_MOUNT;
 
 /// One deployment as `status --json` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -88,11 +87,10 @@ pub fn collect(root: &Path) -> anyhow::Result<Vec<DeploymentStatus>> {
 /// `berthctl status [--json]`.
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let list = collect(Path::new("/")).context("reading the deployments")?;
+    let failed = crate::host::failed_commits(Path::new("/"));
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "deployments": list }))?
-        );
+        let value = serde_json::json!({ "deployments": list, "failed_commits": failed });
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
     for d in &list {
@@ -113,6 +111,9 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
         if let Some(r) = &d.refspec {
             println!("    origin   {r}");
         }
+    }
+    if let Some(last) = failed.last() {
+        println!("  last failed commit: {last}");
     }
     Ok(ExitCode::SUCCESS)
 }

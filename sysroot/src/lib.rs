@@ -12,8 +12,10 @@
 
 pub mod bls;
 pub mod deployment;
+pub mod efivars;
 pub mod esp;
 pub mod esp_state;
+pub mod esp_sync;
 pub mod install;
 
 pub use deployment::{DeploymentInfo, STATEROOT};

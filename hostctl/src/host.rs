@@ -1,0 +1,130 @@
+//! What every OS-changing verb shares: the sysroot opened and locked, the
+//! ESP brought in line with libostree's deployment order, and the record
+//! of commits that failed to boot.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use berth_sysroot::DeploymentInfo;
+use ostree::gio;
+
+/// Where the ESP is mounted on a host.
+pub const ESP: &str = "/efi";
+/// Commits that failed their boot tries, one checksum per line: `upgrade`
+/// does not offer them again unless forced.
+pub const FAILED_COMMITS: &str = "/var/lib/berth/failed-commits";
+
+/// A loaded sysroot holding libostree's lock (released on drop).
+pub struct Host {
+    /// The libostree sysroot.
+    pub sysroot: ostree::Sysroot,
+    /// Its root path (`/` on a host).
+    pub root: PathBuf,
+}
+
+impl Host {
+    /// Opens and locks the sysroot at `root`; fails at once when another
+    /// berthctl (or ostree) holds the lock.
+    pub fn open_locked(root: &Path) -> anyhow::Result<Host> {
+        let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(root)));
+        if !sysroot.try_lock().context("taking the sysroot lock")? {
+            bail!("another upgrade or rollback is running (the sysroot lock is taken)");
+        }
+        sysroot
+            .load(gio::Cancellable::NONE)
+            .context("loading the sysroot")?;
+        Ok(Host {
+            sysroot,
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The deployments in libostree's order.
+    pub fn deployments(&self) -> anyhow::Result<Vec<DeploymentInfo>> {
+        Ok(berth_sysroot::deployment::list(&self.sysroot, &self.root)?)
+    }
+
+    /// The running deployment.
+    pub fn booted(&self) -> anyhow::Result<ostree::Deployment> {
+        self.sysroot
+            .booted_deployment()
+            .context("this system was not booted from an OSTree deployment")
+    }
+
+    /// Writes the ESP for the current deployment list, then lets libostree
+    /// remove what no deployment uses any more (old deployments, unreferenced
+    /// objects). `trial` names a new deployment whose entry gets a boot counter.
+    pub fn sync_esp_and_clean(&self, trial: Option<&str>) -> anyhow::Result<()> {
+        self.sysroot
+            .load(gio::Cancellable::NONE)
+            .context("reloading the sysroot")?;
+        let deployments = self.deployments()?;
+        let plan = berth_sysroot::esp::plan(&self.root, &deployments);
+        berth_sysroot::esp_sync::apply(&self.root.join(ESP.trim_start_matches('/')), &plan, trial)
+            .context("writing the ESP")?;
+        self.sysroot
+            .cleanup(gio::Cancellable::NONE)
+            .context("removing old deployments and unused objects")?;
+        Ok(())
+    }
+
+    /// Writes a new deployment order without libostree's own cleanup (the
+    /// ESP must be written first), then syncs the ESP and cleans.
+    pub fn reorder(&self, order: &[ostree::Deployment]) -> anyhow::Result<()> {
+        let opts = ostree::SysrootWriteDeploymentsOpts {
+            do_postclean: false,
+        };
+        self.sysroot
+            .write_deployments_with_options(order, &opts, gio::Cancellable::NONE)
+            .context("writing the deployment order")?;
+        self.sync_esp_and_clean(None)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.sysroot.unlock();
+    }
+}
+
+/// The commits recorded as failed.
+pub fn failed_commits(root: &Path) -> Vec<String> {
+    std::fs::read_to_string(root.join(FAILED_COMMITS.trim_start_matches('/')))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Records `commit` as failed (once).
+pub fn record_failed(root: &Path, commit: &str) -> anyhow::Result<()> {
+    let mut list = failed_commits(root);
+    if list.iter().any(|c| c == commit) {
+        return Ok(());
+    }
+    list.push(commit.to_string());
+    let path = root.join(FAILED_COMMITS.trim_start_matches('/'));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    berth_sysroot::esp_sync::write_atomic(&path, (list.join("\n") + "\n").as_bytes())
+        .with_context(|| format!("recording the failed commit in {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_commits_are_recorded_once() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(failed_commits(t.path()).is_empty());
+        record_failed(t.path(), "abc").unwrap();
+        record_failed(t.path(), "abc").unwrap();
+        record_failed(t.path(), "def").unwrap();
+        assert_eq!(failed_commits(t.path()), ["abc", "def"]);
+    }
+}

@@ -1,0 +1,275 @@
+//! `berthctl upgrade`: pull the next OS version from the update remote
+//! (a static delta when the server has one; signatures checked when the
+//! remote requires them), deploy it next to the booted one with libostree
+//! (which merges /etc), put its kernel and a boot entry with a boot counter
+//! on the ESP, and clean up. The booted deployment is never touched.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use ostree::prelude::*;
+use ostree::{gio, glib};
+
+use crate::host::{ESP, Host, failed_commits};
+
+/// Free space the root needs beyond the pulled objects: the new
+/// deployment's /etc copy and directories.
+const ROOT_HEADROOM: u64 = 32 << 20;
+
+/// Options of `berthctl upgrade`.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeOpts {
+    /// Only say whether a new version is available.
+    pub check: bool,
+    /// Deploy even a commit recorded as failed.
+    pub force: bool,
+}
+
+/// What an upgrade did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The remote has nothing newer.
+    UpToDate,
+    /// `--check`: this commit (version) is available.
+    Available(String, String),
+    /// The remote's commit failed to boot before; not deployed.
+    SkippedFailed(String),
+    /// Deployed; reboot to use it.
+    Deployed {
+        /// The new commit.
+        commit: String,
+        /// Its version.
+        version: String,
+    },
+}
+
+/// Splits an origin refspec `remote:ref`.
+pub fn split_refspec(refspec: &str) -> anyhow::Result<(&str, &str)> {
+    match refspec.split_once(':') {
+        Some((remote, r)) if !remote.is_empty() && !r.is_empty() => Ok((remote, r)),
+        _ => bail!(
+            "the booted deployment's origin ({refspec}) names no remote: this image was built without [update] url"
+        ),
+    }
+}
+
+/// Runs `berthctl upgrade`.
+pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode)> {
+    let started = Instant::now();
+    let host = Host::open_locked(root)?;
+    let booted = host.booted()?;
+    let origin = booted
+        .origin()
+        .context("the booted deployment has no origin file")?;
+    let refspec = origin
+        .string("origin", "refspec")
+        .context("the booted deployment's origin has no refspec")?
+        .to_string();
+    let (remote, branch) = split_refspec(&refspec)?;
+    let repo = host.sysroot.repo();
+
+    // Pull (or, with --check, only the commit object).
+    let progress = ostree::AsyncProgress::new();
+    let pull_opts = glib::VariantDict::new(None);
+    pull_opts.insert_value("refs", &[branch].to_variant());
+    let flags = if opts.check {
+        ostree::RepoPullFlags::COMMIT_ONLY
+    } else {
+        ostree::RepoPullFlags::NONE
+    };
+    pull_opts.insert_value("flags", &(flags.bits() as i32).to_variant());
+    eprintln!("berthctl: fetching {branch} from {remote}");
+    repo.pull_with_options(
+        remote,
+        &pull_opts.end(),
+        Some(&progress),
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("pulling {branch} from remote {remote}"))?;
+    progress.finish();
+    let fetched = progress.uint64("bytes-transferred");
+    let new = repo
+        .resolve_rev(&refspec, false)
+        .with_context(|| format!("resolving {refspec}"))?
+        .context("the pull brought no commit")?
+        .to_string();
+    let version = commit_version(&repo, &new).unwrap_or_default();
+
+    if new == booted.csum().as_str() {
+        println!("berthctl: already up to date ({version}, {})", short(&new));
+        return Ok((Outcome::UpToDate, ExitCode::SUCCESS));
+    }
+    if host
+        .deployments()?
+        .iter()
+        .any(|d| d.checksum == new && d.index == 0)
+    {
+        println!(
+            "berthctl: {version} ({}) is already deployed and boots next",
+            short(&new)
+        );
+        return Ok((Outcome::UpToDate, ExitCode::SUCCESS));
+    }
+    if failed_commits(root).contains(&new) && !opts.force {
+        println!(
+            "berthctl: {version} ({}) failed to boot on this host before; not deploying it (use --force to try again)",
+            short(&new)
+        );
+        return Ok((Outcome::SkippedFailed(new), ExitCode::SUCCESS));
+    }
+    if opts.check {
+        println!("berthctl: {version} ({}) is available", short(&new));
+        return Ok((Outcome::Available(new, version), ExitCode::SUCCESS));
+    }
+
+    check_space(root, &repo, &new)?;
+    let none = gio::Cancellable::NONE;
+    let deploy_opts = ostree::SysrootDeployTreeOpts::default();
+    // override_kernel_argv = None: the kernel arguments come from the
+    // booted deployment; libostree merges its /etc into the new one.
+    let deployment = host
+        .sysroot
+        .deploy_tree_with_options(
+            Some(berth_sysroot::STATEROOT),
+            &new,
+            Some(&origin),
+            Some(&booted),
+            Some(&deploy_opts),
+            none,
+        )
+        .with_context(|| format!("deploying {new}"))?;
+    host.sysroot
+        .simple_write_deployment(
+            Some(berth_sysroot::STATEROOT),
+            &deployment,
+            Some(&booted),
+            ostree::SysrootSimpleWriteDeploymentFlags::NO_CLEAN,
+            none,
+        )
+        .context("writing the deployment list")?;
+    let id = format!("{}.{}", deployment.csum(), deployment.deployserial());
+    host.sync_esp_and_clean(Some(&id))?;
+    println!(
+        "berthctl: deployed {version} ({}): fetched {} in {:.1}s; it boots next, on trial",
+        short(&new),
+        human_bytes(fetched),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((
+        Outcome::Deployed {
+            commit: new,
+            version,
+        },
+        ExitCode::SUCCESS,
+    ))
+}
+
+/// The `version` metadata of a commit.
+pub fn commit_version(repo: &ostree::Repo, commit: &str) -> Option<String> {
+    let (v, _) = repo.load_commit(commit).ok()?;
+    let meta = v.child_value(0);
+    let dict = glib::VariantDict::new(Some(&meta));
+    dict.lookup::<String>("version").ok().flatten()
+}
+
+/// Refuses to deploy when the ESP cannot take the new kernel and
+/// initramfs, or the root has too little room left.
+fn check_space(root: &Path, repo: &ostree::Repo, commit: &str) -> anyhow::Result<()> {
+    let (tree, _) = repo
+        .read_commit(commit, gio::Cancellable::NONE)
+        .context("reading the new commit")?;
+    let modules = tree.resolve_relative_path("usr/lib/modules");
+    let mut boot_bytes = 0u64;
+    let children = modules
+        .enumerate_children(
+            "standard::name",
+            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+            gio::Cancellable::NONE,
+        )
+        .context("listing the new commit's kernels")?;
+    for info in children.flatten() {
+        let dir = modules.child(info.name());
+        for f in ["vmlinuz", "initramfs.img"] {
+            if let Ok(i) = dir.child(f).query_info(
+                "standard::size",
+                gio::FileQueryInfoFlags::NONE,
+                gio::Cancellable::NONE,
+            ) {
+                boot_bytes += u64::try_from(i.size()).unwrap_or(0);
+            }
+        }
+    }
+    let esp_free = free_bytes(&root.join(ESP.trim_start_matches('/')))?;
+    if esp_free < boot_bytes + (1 << 20) {
+        bail!(
+            "the ESP has {} free but the new kernel and initramfs need {}: nothing was deployed",
+            human_bytes(esp_free),
+            human_bytes(boot_bytes)
+        );
+    }
+    let root_free = free_bytes(root)?;
+    if root_free < ROOT_HEADROOM {
+        bail!(
+            "the root file system has only {} free (at least {} needed): nothing was deployed",
+            human_bytes(root_free),
+            human_bytes(ROOT_HEADROOM)
+        );
+    }
+    Ok(())
+}
+
+fn free_bytes(path: &Path) -> anyhow::Result<u64> {
+    let s = rustix::fs::statvfs(path)
+        .with_context(|| format!("checking free space on {}", path.display()))?;
+    Ok(s.f_bavail * s.f_frsize)
+}
+
+/// The first 12 characters of a checksum.
+pub fn short(c: &str) -> &str {
+    &c[..c.len().min(12)]
+}
+
+/// Bytes for people.
+pub fn human_bytes(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = "B";
+    for u in ["KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refspecs_need_a_remote() {
+        assert_eq!(
+            split_refspec("berth:berth/x/x86_64").unwrap(),
+            ("berth", "berth/x/x86_64")
+        );
+        assert!(
+            split_refspec("berth/x/x86_64")
+                .unwrap_err()
+                .to_string()
+                .contains("[update] url")
+        );
+    }
+
+    #[test]
+    fn bytes() {
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
+    }
+}
