@@ -21,6 +21,8 @@ pub enum Cmd {
     Build(BuildOpts),
     /// Boot a disk image under QEMU (UEFI, serial console on this terminal).
     Run(RunOpts),
+    /// Serve an OSTree repository over HTTP for hosts to upgrade from.
+    Serve(crate::serve::ServeOpts),
 }
 
 /// Disk image formats `berth build` writes.
@@ -107,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Build(opts) => crate::build::run(&opts).map(|()| ExitCode::SUCCESS),
         Cmd::Run(opts) => crate::run::run(&opts),
+        Cmd::Serve(opts) => crate::serve::run(&opts).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -21,3 +21,4 @@ pub mod packages;
 pub mod progress;
 pub mod rootfs;
 pub mod run;
+pub mod serve;
