@@ -1,0 +1,182 @@
+//! The kernel command line: the keys berth-init reads from /proc/cmdline.
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `root=PARTUUID=<uuid>` | the root partition, by GPT partition GUID (`root=/dev/…` also works) |
+//! | `rootfstype=` | its file-system type (default `ext4`) |
+//! | `rootflags=` | its mount options |
+//! | `ostree=/ostree/deploy/<os>/deploy/<csum>.<serial>` | the deployment (a symlink is resolved) |
+//! | `berth.root_timeout=SECS` | how long to wait for the root partition (default 30) |
+//! | `berth.debug` | emergency shell on failure; also `berth.debug=1` |
+//!
+//! Everything else is ignored.
+
+use std::time::Duration;
+
+/// How the root partition is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSpec {
+    /// `root=PARTUUID=…`: the GPT unique partition GUID, lower case.
+    PartUuid(String),
+    /// `root=/dev/…`: a device node.
+    Path(String),
+}
+
+/// What berth-init takes from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmdline {
+    /// The root partition.
+    pub root: Option<RootSpec>,
+    /// Root file-system type.
+    pub rootfstype: String,
+    /// Root mount options.
+    pub rootflags: String,
+    /// The deployment path, relative to the physical root.
+    pub ostree: Option<String>,
+    /// How long stage 1 waits for the root partition.
+    pub root_timeout: Duration,
+    /// `berth.debug`: emergency shell instead of a reboot on failure.
+    pub debug: bool,
+}
+
+/// The default wait for the root partition.
+pub const DEFAULT_ROOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Cmdline {
+    fn default() -> Self {
+        Cmdline {
+            root: None,
+            rootfstype: "ext4".into(),
+            rootflags: String::new(),
+            ostree: None,
+            root_timeout: DEFAULT_ROOT_TIMEOUT,
+            debug: false,
+        }
+    }
+}
+
+/// Splits a command line into words, honouring double quotes as the kernel
+/// does (`foo="a b"` is one word, `foo=a b`).
+pub fn split(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut in_word = false;
+    for c in text.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+fn truthy(value: Option<&str>) -> bool {
+    !matches!(value, Some("0" | "no" | "false" | "off"))
+}
+
+impl Cmdline {
+    /// Parses the text of /proc/cmdline. Later keys win, as in the kernel.
+    pub fn parse(text: &str) -> Cmdline {
+        let mut out = Cmdline::default();
+        for word in split(text) {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word.as_str(), None),
+            };
+            match (key, value) {
+                ("root", Some(v)) => {
+                    out.root = if let Some(uuid) = v
+                        .strip_prefix("PARTUUID=")
+                        .or_else(|| v.strip_prefix("partuuid="))
+                    {
+                        Some(RootSpec::PartUuid(uuid.to_ascii_lowercase()))
+                    } else if v.starts_with('/') {
+                        Some(RootSpec::Path(v.to_string()))
+                    } else {
+                        None
+                    }
+                }
+                ("rootfstype", Some(v)) if !v.is_empty() => out.rootfstype = v.to_string(),
+                ("rootflags", Some(v)) => out.rootflags = v.to_string(),
+                ("ostree", Some(v)) if !v.is_empty() => out.ostree = Some(v.to_string()),
+                ("berth.root_timeout", Some(v)) => {
+                    if let Ok(secs) = v.parse::<u64>() {
+                        out.root_timeout = Duration::from_secs(secs);
+                    }
+                }
+                ("berth.debug", v) => out.debug = truthy(v),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Reads and parses /proc/cmdline (empty when unreadable).
+    pub fn read() -> Cmdline {
+        Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_berth_keys() {
+        let c = Cmdline::parse(
+            "BOOT_IMAGE=/x console=ttyS0 root=PARTUUID=6C1C0B3E-AAAA-4BBB-8CCC-0123456789AB rw \
+             ostree=/ostree/deploy/berth/deploy/abc.0 berth.root_timeout=5 berth.debug panic=10\n",
+        );
+        assert_eq!(
+            c.root,
+            Some(RootSpec::PartUuid(
+                "6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab".into()
+            ))
+        );
+        assert_eq!(
+            c.ostree.as_deref(),
+            Some("/ostree/deploy/berth/deploy/abc.0")
+        );
+        assert_eq!(c.root_timeout, Duration::from_secs(5));
+        assert!(c.debug);
+        assert_eq!(c.rootfstype, "ext4");
+    }
+
+    #[test]
+    fn defaults_and_odd_values() {
+        let c = Cmdline::parse("root=LABEL=x berth.root_timeout=soon berth.debug=0");
+        assert_eq!(c.root, None);
+        assert_eq!(c.root_timeout, DEFAULT_ROOT_TIMEOUT);
+        assert!(!c.debug);
+        let c = Cmdline::parse("root=/dev/vda2 rootfstype=xfs rootflags=noatime");
+        assert_eq!(c.root, Some(RootSpec::Path("/dev/vda2".into())));
+        assert_eq!(
+            (c.rootfstype.as_str(), c.rootflags.as_str()),
+            ("xfs", "noatime")
+        );
+    }
+
+    #[test]
+    fn quotes_group_words() {
+        assert_eq!(
+            split(r#"a="b c" d  "e f"g"#),
+            ["a=b c", "d", "e fg"].map(String::from)
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The few system calls that rustix does not offer in the shape PID 1 needs,
+//! each behind a small safe function. This is the only module with `unsafe`.
+//!
+//! What lives here: the signal mask and the signalfd, `fork` for the final
+//! `reboot(2)`, `kill(-1, …)`, the interface-flags ioctl, and the code that
+//! runs in a child between `fork` and `exec`.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Signals that stay unblocked: the kernel raises them synchronously on a
+/// fault, and blocking them would turn a crash into a hang (catatonit).
+const KERNEL_SIGNALS: [libc::c_int; 7] = [
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGABRT,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+fn empty_sigset() -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set it is given a pointer to.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        set.assume_init()
+    }
+}
+
+/// Blocks every signal except the kernel's fault signals, so that signals
+/// are only ever read from a signalfd and never interrupt PID 1.
+pub fn block_all_signals() -> io::Result<()> {
+    let mut set = empty_sigset();
+    // SAFETY: `set` is an initialised sigset_t; sigfillset/sigdelset only
+    // write inside it, and pthread_sigmask only reads it.
+    let rc = unsafe {
+        libc::sigfillset(&mut set);
+        for sig in KERNEL_SIGNALS {
+            libc::sigdelset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Opens a non-blocking, close-on-exec signalfd for `signals` (which must
+/// already be blocked).
+pub fn signalfd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
+    let mut set = empty_sigset();
+    // SAFETY: `set` is initialised; signalfd(-1, …) creates a new fd and only
+    // reads the set.
+    let fd = unsafe {
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to every process but PID 1 itself (`kill(-1, sig)`), the
+/// last step of a shutdown. Never call this outside PID 1.
+pub fn kill_all(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(-1, signal) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Calls `reboot(2)` in a forked child, as busybox init does: if the kernel
+/// ends the calling task (halt, power-off), it must not be PID 1, whose exit
+/// is a kernel panic. The caller (PID 1) then sleeps forever.
+pub fn reboot_in_child(cmd: rustix::system::RebootCommand) -> io::Result<()> {
+    // SAFETY: the child only makes the reboot system call and `_exit`s, both
+    // async-signal-safe, so forking a (possibly multi-threaded) process is
+    // sound.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let _ = rustix::system::reboot(cmd);
+        // SAFETY: _exit ends the child without running any Rust code.
+        unsafe { libc::_exit(0) };
+    }
+    Ok(())
+}
+
+/// Whether file descriptor `fd` is open (PID 1 may start without 0, 1, 2
+/// when the initramfs lacks /dev/console).
+pub fn fd_is_open(fd: libc::c_int) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless: it fails with EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Sets or clears IFF_UP on network interface `name` (SIOCGIFFLAGS then
+/// SIOCSIFFLAGS), enough to bring up loopback and an interface that a
+/// static configuration or a DHCP client then uses.
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    // SAFETY: a plain UDP socket; the fd is owned immediately below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: ifreq is plain old data, all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags inside `req`,
+    // which lives for the whole call.
+    if unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after SIOCGIFFLAGS the union holds ifru_flags.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The identity a service runs as, resolved before the fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// What a child does between `fork` and `exec`, on top of what std already
+/// does (dup2 of stdio, chdir, an empty signal mask, SIGPIPE back to default).
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    /// Start a new session (and so a new process group we can signal as one).
+    pub new_session: bool,
+    /// Make stdin (a terminal) the controlling terminal, for a shell.
+    pub controlling_tty: bool,
+    /// Switch to these credentials (only done when they differ from ours).
+    pub credentials: Option<Credentials>,
+}
+
+/// Installs `setup` as the pre-exec step of `cmd`.
+pub fn configure_child(cmd: &mut Command, setup: ChildSetup) {
+    let groups: Vec<libc::gid_t> = setup
+        .credentials
+        .as_ref()
+        .map(|c| c.groups.clone())
+        .unwrap_or_default();
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // only async-signal-safe system calls (signal, setsid, ioctl, setgroups,
+    // setgid, setuid, close_range) and allocates nothing: the group list was
+    // built before the fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Dispositions: nothing is ignored or caught in the new program.
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            if setup.new_session && libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if setup.controlling_tty {
+                // Best effort: without it the shell still runs, only job
+                // control (ctrl-c) does not work.
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+            if let Some(c) = &setup.credentials {
+                if libc::geteuid() != c.uid || libc::getegid() != c.gid {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if libc::setgid(c.gid) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if libc::setuid(c.uid) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            // Nothing PID 1 holds may leak into a service; std opens
+            // everything close-on-exec already, this also covers inherited
+            // descriptors. Old kernels without close_range: ignored.
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        })
+    };
+}

@@ -1,0 +1,259 @@
+//! A small GPT reader: the primary header and its partition entries, enough
+//! to find a partition by its unique GUID (PARTUUID) or by its type GUID.
+//!
+//! Why our own: there is no udev (so no /dev/disk/by-partuuid) in the
+//! initramfs or on the host, the kernel resolves `root=PARTUUID=` only for
+//! its own root mount, and a full GPT crate is far more than reading 16 KiB.
+//! It checks the header signature and both CRC32s; it does not fall back to
+//! the backup header.
+
+use std::io::{Read, Seek, SeekFrom};
+
+/// The EFI System Partition type GUID.
+pub const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+
+/// One used partition entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// 1-based partition number (its slot in the entry array).
+    pub number: u32,
+    /// Type GUID, lower case.
+    pub type_guid: String,
+    /// Unique partition GUID (the PARTUUID), lower case.
+    pub unique_guid: String,
+    /// First LBA.
+    pub first_lba: u64,
+    /// Last LBA (inclusive).
+    pub last_lba: u64,
+    /// The partition name.
+    pub name: String,
+}
+
+/// Why a disk's partition table could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    /// Reading the disk failed.
+    #[error("reading the disk")]
+    Io(#[from] std::io::Error),
+    /// No GPT signature at LBA 1.
+    #[error("no GPT header")]
+    NoHeader,
+    /// The header's fields make no sense.
+    #[error("bad GPT header: {0}")]
+    BadHeader(&'static str),
+    /// A CRC32 did not match.
+    #[error("GPT {0} checksum mismatch")]
+    Checksum(&'static str),
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(off..off + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(off..off + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+/// Formats a GUID stored in GPT's mixed-endian layout (the first three
+/// fields little-endian) as lower-case text.
+pub fn guid_to_string(b: &[u8]) -> String {
+    let byte = |i: usize| b.get(i).copied().unwrap_or(0);
+    let hex = |range: &[usize]| {
+        range
+            .iter()
+            .map(|&i| format!("{:02x}", byte(i)))
+            .collect::<String>()
+    };
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(&[3, 2, 1, 0]),
+        hex(&[5, 4]),
+        hex(&[7, 6]),
+        hex(&[8, 9]),
+        hex(&[10, 11, 12, 13, 14, 15])
+    )
+}
+
+/// CRC-32 (IEEE, reflected), as GPT uses.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// Reads the primary GPT of a disk with `sector`-byte logical blocks.
+pub fn read_partitions<D: Read + Seek>(
+    disk: &mut D,
+    sector: u64,
+) -> Result<Vec<Partition>, GptError> {
+    let mut header = vec![0u8; sector.clamp(512, 4096) as usize];
+    disk.seek(SeekFrom::Start(sector))?;
+    disk.read_exact(&mut header)?;
+    if header.get(0..8) != Some(b"EFI PART".as_slice()) {
+        return Err(GptError::NoHeader);
+    }
+    let header_size = u32_at(&header, 12) as usize;
+    if !(92..=header.len()).contains(&header_size) {
+        return Err(GptError::BadHeader("header size"));
+    }
+    let mut check = header.get(..header_size).unwrap_or_default().to_vec();
+    if let Some(field) = check.get_mut(16..20) {
+        field.fill(0);
+    }
+    if crc32(&check) != u32_at(&header, 16) {
+        return Err(GptError::Checksum("header"));
+    }
+    let entries_lba = u64_at(&header, 72);
+    let count = u32_at(&header, 80);
+    let entry_size = u32_at(&header, 84) as usize;
+    if !(128..=4096).contains(&entry_size) || count > 1024 {
+        return Err(GptError::BadHeader("entry size or count"));
+    }
+    let mut entries = vec![0u8; entry_size * count as usize];
+    disk.seek(SeekFrom::Start(entries_lba.saturating_mul(sector)))?;
+    disk.read_exact(&mut entries)?;
+    if crc32(&entries) != u32_at(&header, 88) {
+        return Err(GptError::Checksum("partition entries"));
+    }
+    let mut out = Vec::new();
+    for (i, entry) in entries.chunks_exact(entry_size).enumerate() {
+        let type_bytes = entry.get(0..16).unwrap_or_default();
+        if type_bytes.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let name_units: Vec<u16> = entry
+            .get(56..128)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|c| {
+                u16::from_le_bytes([
+                    c.first().copied().unwrap_or(0),
+                    c.get(1).copied().unwrap_or(0),
+                ])
+            })
+            .take_while(|&u| u != 0)
+            .collect();
+        out.push(Partition {
+            number: i as u32 + 1,
+            type_guid: guid_to_string(type_bytes),
+            unique_guid: guid_to_string(entry.get(16..32).unwrap_or_default()),
+            first_lba: u64_at(entry, 32),
+            last_lba: u64_at(entry, 40),
+            name: String::from_utf16_lossy(&name_units),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// Encodes a text GUID in GPT's mixed-endian layout.
+    pub(crate) fn guid_bytes(text: &str) -> [u8; 16] {
+        let hex: Vec<u8> = text
+            .bytes()
+            .filter(|c| *c != b'-')
+            .collect::<Vec<u8>>()
+            .chunks(2)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap_or("00"), 16).unwrap_or(0))
+            .collect();
+        let mut out = [0u8; 16];
+        let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+        for (dst, src) in out.iter_mut().zip(order) {
+            *dst = hex.get(src).copied().unwrap_or(0);
+        }
+        out
+    }
+
+    /// A 1 MiB disk image with a GPT holding `parts` (type, unique, name).
+    pub(crate) fn make_disk(parts: &[(&str, &str, &str)]) -> Vec<u8> {
+        let mut disk = vec![0u8; 1 << 20];
+        let mut entries = vec![0u8; 128 * 128];
+        for (i, (ty, uniq, name)) in parts.iter().enumerate() {
+            let e = &mut entries[i * 128..(i + 1) * 128];
+            e[0..16].copy_from_slice(&guid_bytes(ty));
+            e[16..32].copy_from_slice(&guid_bytes(uniq));
+            e[32..40].copy_from_slice(&(2048u64 + i as u64 * 100).to_le_bytes());
+            e[40..48].copy_from_slice(&(2147u64 + i as u64 * 100).to_le_bytes());
+            for (j, u) in name.encode_utf16().enumerate() {
+                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
+            }
+        }
+        let mut h = vec![0u8; 92];
+        h[0..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&1u64.to_le_bytes());
+        h[72..80].copy_from_slice(&2u64.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&crc32(&entries).to_le_bytes());
+        let crc = crc32(&h);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        disk[512..604].copy_from_slice(&h);
+        disk[1024..1024 + entries.len()].copy_from_slice(&entries);
+        disk
+    }
+
+    #[test]
+    fn reads_entries_and_guids() -> Result<(), GptError> {
+        let disk = make_disk(&[
+            (ESP_TYPE, "11111111-2222-3333-4444-555555555555", "esp"),
+            (
+                "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+                "6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab",
+                "root",
+            ),
+        ]);
+        let parts = read_partitions(&mut Cursor::new(disk), 512)?;
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            parts.get(1),
+            Some(&Partition {
+                number: 2,
+                type_guid: "4f68bce3-e8cd-4db1-96e7-fbcaf984b709".into(),
+                unique_guid: "6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab".into(),
+                first_lba: 2148,
+                last_lba: 2247,
+                name: "root".into(),
+            })
+        );
+        assert_eq!(parts.first().map(|p| p.type_guid.as_str()), Some(ESP_TYPE));
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_corruption_and_non_gpt() {
+        let mut disk = make_disk(&[(ESP_TYPE, "11111111-2222-3333-4444-555555555555", "esp")]);
+        disk[1024 + 20] ^= 0xff;
+        assert!(matches!(
+            read_partitions(&mut Cursor::new(disk), 512),
+            Err(GptError::Checksum("partition entries"))
+        ));
+        assert!(matches!(
+            read_partitions(&mut Cursor::new(vec![0u8; 8192]), 512),
+            Err(GptError::NoHeader)
+        ));
+    }
+
+    #[test]
+    fn crc32_known_value() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+}

@@ -1,0 +1,272 @@
+//! Stage 1, in the initramfs: API mounts, kernel command line, modules,
+//! the root partition, the OSTree deployment, switch root, exec stage 2.
+//!
+//! Expected in the initramfs: `/init` (this binary), `/etc/initrd-release`,
+//! `/lib/modules/<release>/modules.dep` with the modules it lists
+//! (uncompressed `.ko`, or compressed with kernel-side decompression), and
+//! optionally `/bin/sh` for the emergency shell.
+
+use std::path::{Path, PathBuf};
+
+use crate::blockdev::{self, BlockPaths};
+use crate::cmdline::{Cmdline, RootSpec};
+use crate::modules::{self, ModuleIndex};
+use crate::sys::{MountFlags, Sys};
+use crate::{mounts, prepare_root, switch_root};
+
+/// Where the physical root is mounted, and then the deployment.
+pub const SYSROOT: &str = "/sysroot";
+/// Stage 2, inside the deployment.
+pub const STAGE2: &str = "/usr/lib/berth/berth-init";
+/// Fallback if the deployment has no berth-init at the usual place.
+pub const FALLBACK_INIT: &str = "/sbin/init";
+
+/// Why stage 1 failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Stage1Error {
+    /// An API mount failed.
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    /// No usable `root=`.
+    #[error("no root=PARTUUID=<uuid> (or root=/dev/...) on the kernel command line")]
+    NoRoot,
+    /// The root partition did not appear.
+    #[error(transparent)]
+    RootTimeout(#[from] blockdev::RootTimeout),
+    /// Mounting the root failed.
+    #[error("mounting {device} ({fstype}) on /sysroot")]
+    MountRoot {
+        /// The device.
+        device: PathBuf,
+        /// Its file-system type.
+        fstype: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up the deployment failed.
+    #[error("setting up the OSTree deployment")]
+    Prepare(#[from] prepare_root::PrepareError),
+    /// Switching root or exec failed.
+    #[error("switching root to /sysroot")]
+    Switch(#[from] switch_root::SwitchError),
+}
+
+/// What stage 1 learned, for the failure handler.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// `berth.debug` or the deployment's `debug_shell`.
+    pub debug: bool,
+}
+
+/// Where stage 1 looks: `/` and the real /sys and /dev on a machine; a
+/// temporary tree in tests.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The initramfs root.
+    pub root: PathBuf,
+    /// Block devices.
+    pub block: BlockPaths,
+    /// The kernel command line.
+    pub cmdline: Cmdline,
+}
+
+impl Env {
+    /// The real machine (reads /proc/cmdline, so call after mounting /proc).
+    pub fn real() -> Env {
+        Env {
+            root: PathBuf::from("/"),
+            block: BlockPaths::default(),
+            cmdline: Cmdline::read(),
+        }
+    }
+}
+
+/// Loads every module in the initramfs's modules.dep, dependencies first.
+fn load_initramfs_modules(sys: &dyn Sys, root: &Path) {
+    let dir = ModuleIndex::dir_for_running_kernel(root);
+    let index = match ModuleIndex::load(&dir) {
+        Ok(index) => index,
+        Err(e) => {
+            crate::say!("no modules loaded: {}", crate::console::chain(&e));
+            return;
+        }
+    };
+    let all = index.all_in_load_order();
+    let (loaded, failed) = modules::load(sys, &index, &all, &modules::is_loaded);
+    crate::say!("loaded {} modules", loaded.len());
+    for f in failed {
+        crate::say!("loading module {}: {}", f.name, f.error);
+    }
+}
+
+/// Reads `debug_shell` from the deployment's host configuration.
+fn deployment_debug_shell(deploy: &Path) -> bool {
+    let path = deploy.join(berth_hostapi::config::HOST_CONFIG_PATH.trim_start_matches('/'));
+    berth_hostapi::config::HostConfig::load(&path).is_ok_and(|c| c.debug_shell)
+}
+
+/// Runs stage 1: API mounts, then everything else with the command line
+/// read from /proc. Returns only on failure (success ends in exec).
+pub fn run(sys: &dyn Sys, ctx: &mut Context) -> Stage1Error {
+    if let Err(e) = mounts::mount_all(sys, Path::new("/"), mounts::STAGE1_MOUNTS) {
+        return e.into();
+    }
+    crate::console::attach_console();
+    let env = Env::real();
+    ctx.debug = env.cmdline.debug;
+    crate::say!("stage 1 (initramfs)");
+    match boot(sys, &env, ctx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// Everything after the API mounts: modules, root, deployment, switch root.
+pub fn boot(
+    sys: &dyn Sys,
+    env: &Env,
+    ctx: &mut Context,
+) -> Result<std::convert::Infallible, Stage1Error> {
+    let cmdline = &env.cmdline;
+    load_initramfs_modules(sys, &env.root);
+
+    let spec = cmdline.root.clone().ok_or(Stage1Error::NoRoot)?;
+    if let RootSpec::PartUuid(uuid) = &spec {
+        crate::say!(
+            "waiting up to {}s for root PARTUUID={uuid}",
+            cmdline.root_timeout.as_secs()
+        );
+    }
+    let found = blockdev::wait_for_root(&env.block, &spec, cmdline.root_timeout)?;
+    let sysroot = env.root.join(SYSROOT.trim_start_matches('/'));
+    let mount_root = sys.mkdir(&sysroot, 0o755).and_then(|()| {
+        sys.mount(
+            &found.device.to_string_lossy(),
+            &sysroot,
+            &cmdline.rootfstype,
+            MountFlags::NONE,
+            &cmdline.rootflags,
+        )
+    });
+    mount_root.map_err(|source| Stage1Error::MountRoot {
+        device: found.device.clone(),
+        fstype: cmdline.rootfstype.clone(),
+        source,
+    })?;
+    crate::say!("mounted {} on {SYSROOT}", found.device.display());
+
+    if let Some(target) = cmdline.ostree.as_deref() {
+        if let Ok(deploy) = prepare_root::resolve_deployment(&sysroot, target) {
+            ctx.debug |= deployment_debug_shell(&deploy);
+        }
+    }
+    let run = env.root.join("run");
+    let deploy = prepare_root::prepare_root(sys, &sysroot, &run, cmdline.ostree.as_deref())?;
+    crate::say!("booting deployment {}", deploy.display());
+
+    // After prepare-root, the deployment is what /sysroot shows.
+    let init = if sysroot.join(STAGE2.trim_start_matches('/')).exists() {
+        STAGE2
+    } else {
+        FALLBACK_INIT
+    };
+    Err(switch_root::switch_root(sys, &sysroot, Path::new(init)).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeSys;
+    use std::time::Duration;
+
+    #[test]
+    fn boot_finds_root_sets_up_deployment_and_switches() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = crate::prepare_root::tests::physical_root(false)?;
+        let block = crate::blockdev::tests::fake_machine(tmp.path())?;
+        let deploy = tmp
+            .path()
+            .join("sysroot")
+            .join(crate::prepare_root::tests::DEPLOY);
+        // The fake does not move mounts: put stage 2 where /sysroot shows it.
+        std::fs::create_dir_all(tmp.path().join("sysroot/usr/lib/berth"))?;
+        std::fs::write(tmp.path().join("sysroot/usr/lib/berth/berth-init"), "")?;
+        let env = Env {
+            root: tmp.path().to_path_buf(),
+            block,
+            cmdline: Cmdline::parse(&format!(
+                "root=PARTUUID=6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab ostree=/{} berth.root_timeout=1",
+                crate::prepare_root::tests::DEPLOY
+            )),
+        };
+        let sys = FakeSys::with_root(tmp.path());
+        let mut ctx = Context::default();
+        let err = boot(&sys, &env, &mut ctx)
+            .err()
+            .map(|e| crate::console::chain(&e));
+        // The fake exec "fails": that is the end of the recorded sequence.
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "switching root to /sysroot: executing /usr/lib/berth/berth-init: No such file or directory (os error 2)"
+            )
+        );
+        let calls = sys.calls();
+        let d = format!("/sysroot/{}", crate::prepare_root::tests::DEPLOY);
+        let dev = format!("{}/dev/vda2", tmp.path().display());
+        let expected_start = [
+            "mkdir /sysroot 755".to_string(),
+            format!("mount -t ext4 {dev} /sysroot -o defaults"),
+            "rprivate /".to_string(),
+            format!("bind {d} {d}"),
+        ];
+        assert_eq!(
+            calls.get(..4),
+            Some(expected_start.as_slice()),
+            "{calls:#?}"
+        );
+        assert!(calls.contains(&"touch /run/ostree-booted".to_string()));
+        let tail = [
+            "move /sysroot.tmp /sysroot",
+            "rmdir /sysroot.tmp",
+            "private /sysroot/sysroot",
+            "move /dev /sysroot/dev",
+            "move /proc /sysroot/proc",
+            "move /sys /sysroot/sys",
+            "move /run /sysroot/run",
+            "chdir /sysroot",
+            "clear-initramfs keep=/sysroot",
+            "move /sysroot /",
+            "chroot .",
+            "chdir /",
+            "exec /usr/lib/berth/berth-init",
+        ];
+        assert_eq!(
+            calls.get(calls.len().saturating_sub(tail.len())..),
+            Some(tail.map(String::from).as_slice())
+        );
+        assert!(deploy.is_dir());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_root_times_out_naming_the_disks() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let block = crate::blockdev::tests::fake_machine(tmp.path())?;
+        let mut cmdline = Cmdline::parse("root=PARTUUID=00000000-0000-0000-0000-000000000001");
+        cmdline.root_timeout = Duration::from_millis(100);
+        let env = Env {
+            root: tmp.path().to_path_buf(),
+            block,
+            cmdline,
+        };
+        let sys = FakeSys::new();
+        let err = boot(&sys, &env, &mut Context::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("block devices seen: vda"), "{err}");
+        assert!(sys.calls().is_empty());
+        Ok(())
+    }
+}

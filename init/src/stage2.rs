@@ -1,0 +1,410 @@
+//! Stage 2, PID 1 in the booted deployment: the remaining mounts, host
+//! configuration, hostname, modules, ESP and efivarfs, sysctls, /var,
+//! network, then the supervisor until shutdown.
+//!
+//! Expected in the deployment: /usr/lib/berth/host.json (the host
+//! configuration), /lib/modules/<release>/ (modules.dep, modules.alias),
+//! /etc/passwd and /etc/group for service users, optionally /bin/sh (debug
+//! shell), `ip` (static network) and /usr/bin/berthctl (boot check).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_hostapi::config::{HOST_CONFIG_PATH, HostConfig, Readiness, Restart, Service};
+use berth_hostapi::control::CONTROL_SOCKET_PATH;
+
+use crate::blockdev::{self, BlockPaths};
+use crate::cmdline::{Cmdline, RootSpec};
+use crate::modules::{self, ModuleIndex};
+use crate::signals::Signals;
+use crate::supervisor::spawn::is_executable;
+use crate::supervisor::{Options, Supervisor, UnitSpec};
+use crate::sys::{MountFlags, Sys};
+use crate::{bless, coldplug, failure, mounts, network, shutdown, sysctl};
+
+/// Where service logs go.
+pub const LOG_DIR: &str = "/var/log/berth";
+/// Where the ESP is mounted.
+pub const ESP_MOUNT: &str = "/efi";
+/// The optional boot-check command, run once after the mounts.
+pub const BERTHCTL: &str = "/usr/bin/berthctl";
+/// A trial boot's deadline when the configuration gives none.
+pub const DEFAULT_READY_DEADLINE: Duration = Duration::from_secs(300);
+/// Modules needed for the ESP and efivarfs (not found by coldplug).
+const ESP_MODULES: [&str; 5] = ["efivarfs", "vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
+
+/// Why stage 2 could not bring the host up.
+#[derive(Debug, thiserror::Error)]
+pub enum Stage2Error {
+    /// Blocking signals or opening the signalfd failed.
+    #[error("setting up signal handling")]
+    Signals(#[source] std::io::Error),
+    /// An API mount failed.
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    /// The host configuration is missing or broken.
+    #[error("loading the host configuration")]
+    Config(#[from] berth_hostapi::config::ConfigError),
+}
+
+/// The API mounts of stage 2 (those moved over from stage 1 are skipped).
+pub fn api_mounts(sys: &dyn Sys, root: &Path) -> Result<(), mounts::MountError> {
+    mounts::mount_all(sys, root, mounts::STAGE2_MOUNTS)
+}
+
+/// The mounts that need modules first: efivarfs (UEFI boots only), then
+/// the ESP at /efi (FAT: only root may read it). Failures are returned as
+/// messages: the host runs without them.
+pub fn firmware_mounts(sys: &dyn Sys, uefi: bool, esp: Option<&Path>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if uefi {
+        if let Err(e) = mounts::mount_one(sys, Path::new("/"), &mounts::EFIVARFS) {
+            errors.push(crate::console::chain(&e));
+        }
+    }
+    let Some(device) = esp else {
+        errors.push(format!(
+            "no ESP found on the root disk; {ESP_MOUNT} not mounted"
+        ));
+        return errors;
+    };
+    let target = PathBuf::from(ESP_MOUNT);
+    if sys.is_mountpoint(&target) {
+        return errors;
+    }
+    let mounted = sys.mkdir(&target, 0o700).and_then(|()| {
+        sys.mount(
+            &device.to_string_lossy(),
+            &target,
+            "vfat",
+            MountFlags::SECURE,
+            "umask=0077,shortname=mixed",
+        )
+    });
+    match mounted {
+        Ok(()) => crate::say!("mounted ESP {} on {ESP_MOUNT}", device.display()),
+        Err(e) => errors.push(format!(
+            "mounting vfat {} on {ESP_MOUNT}: {e}",
+            device.display()
+        )),
+    }
+    errors
+}
+
+/// Symlinks devtmpfs does not make.
+fn dev_links() {
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+}
+
+/// The directories the host needs in /var, made on every boot (the
+/// stateroot /var starts empty): (path, mode).
+pub const VAR_DIRS: [(&str, u32); 8] = [
+    ("var/log", 0o755),
+    ("var/log/berth", 0o755),
+    ("var/lib", 0o755),
+    ("var/lib/berth", 0o755),
+    ("var/cache", 0o755),
+    ("var/tmp", 0o1777),
+    ("var/spool", 0o755),
+    ("var/opt", 0o755),
+];
+
+/// Top-level links an OSTree tree may point into /var (`home → var/home`).
+const VAR_LINKS: [&str; 7] = ["home", "root", "srv", "mnt", "opt", "media", "usr/local"];
+
+/// Creates [`VAR_DIRS`] under `root`, and the /var targets of [`VAR_LINKS`].
+pub fn ensure_var_dirs(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut errors = Vec::new();
+    let mut dirs: Vec<(PathBuf, u32)> = VAR_DIRS.iter().map(|(p, m)| (root.join(p), *m)).collect();
+    for link in VAR_LINKS {
+        let path = root.join(link);
+        if let Ok(target) = std::fs::read_link(&path) {
+            let base = path.parent().unwrap_or(root);
+            let resolved = if target.is_absolute() {
+                root.join(target.strip_prefix("/").unwrap_or(&target))
+            } else {
+                base.join(&target)
+            };
+            let normal: PathBuf = resolved.components().fold(PathBuf::new(), |mut acc, c| {
+                match c {
+                    std::path::Component::ParentDir => {
+                        acc.pop();
+                    }
+                    other => acc.push(other),
+                }
+                acc
+            });
+            let mode = if link == "root" { 0o700 } else { 0o755 };
+            if normal.starts_with(root.join("var")) {
+                dirs.push((normal, mode));
+            }
+        }
+    }
+    for (dir, mode) in dirs {
+        if dir.is_dir() {
+            continue;
+        }
+        let made = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)));
+        if let Err(e) = made {
+            errors.push(format!("creating {}: {e}", dir.display()));
+        }
+    }
+    errors
+}
+
+/// The services stage 2 adds to the manifest's.
+fn extra_units(config: &HostConfig, cmdline: &Cmdline, dhcp: Option<Service>) -> Vec<UnitSpec> {
+    let mut out = Vec::new();
+    if let Some(svc) = dhcp {
+        out.push(UnitSpec {
+            service: svc,
+            tty: None,
+        });
+    }
+    if is_executable(Path::new(BERTHCTL)) {
+        out.push(UnitSpec {
+            service: Service {
+                name: "boot-check".into(),
+                command: vec![BERTHCTL.into(), "boot-check".into()],
+                restart: Restart::Never,
+                ready: Readiness::Exited,
+                required: false,
+                ..Service::default()
+            },
+            tty: None,
+        });
+    }
+    if (config.debug_shell || cmdline.debug) && Path::new(failure::SHELL).exists() {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("PS1".to_string(), "(berth debug) # ".to_string());
+        out.push(UnitSpec {
+            service: Service {
+                name: "debug-shell".into(),
+                command: vec![failure::SHELL.into()],
+                env,
+                restart: Restart::Always,
+                required: false,
+                // An interactive shell ignores SIGTERM.
+                stop_signal: "SIGHUP".into(),
+                stop_timeout_ms: 2000,
+                backoff_initial_ms: 200,
+                backoff_max_ms: 5000,
+                ..Service::default()
+            },
+            tty: Some(failure::console_tty()),
+        });
+    }
+    out
+}
+
+/// Loads the modules of the configuration, of the ESP, and of the devices.
+fn load_modules(sys: &dyn Sys, config: &HostConfig) {
+    let dir = ModuleIndex::dir_for_running_kernel(Path::new("/"));
+    let index = match ModuleIndex::load(&dir) {
+        Ok(i) => i,
+        Err(e) => {
+            crate::say!("no module coldplug: {}", crate::console::chain(&e));
+            return;
+        }
+    };
+    for name in &config.modules {
+        if !index.contains(name) && !modules::is_loaded(&modules::normalize(name)) {
+            crate::say!("module {name}: not in modules.dep");
+        }
+    }
+    let mut wanted: Vec<String> = config.modules.clone();
+    if Path::new("/sys/firmware/efi").exists() {
+        wanted.extend(ESP_MODULES.iter().map(|s| s.to_string()));
+    }
+    let (mut loaded, mut failed) = modules::load(sys, &index, &wanted, &modules::is_loaded);
+    let (l, f) = coldplug::coldplug(sys, &index, Path::new("/sys/devices"), &modules::is_loaded);
+    loaded.extend(l);
+    failed.extend(f);
+    crate::say!("loaded {} modules", loaded.len());
+    for f in failed {
+        crate::say!("loading module {}: {}", f.name, f.error);
+    }
+}
+
+/// The ESP on the root partition's disk.
+fn find_esp(cmdline: &Cmdline) -> Option<PathBuf> {
+    let paths = BlockPaths::default();
+    let disk = match cmdline.root.as_ref()? {
+        RootSpec::PartUuid(uuid) => blockdev::find_partuuid(&paths, uuid).ok()?.disk,
+        RootSpec::Path(p) => {
+            let name = Path::new(p).file_name()?.to_string_lossy().into_owned();
+            blockdev::parent_disk(&paths, &name)?
+        }
+    };
+    blockdev::find_esp_on(&paths, &disk)
+}
+
+/// Converts "ready within `deadline` of boot" into an Instant.
+fn deadline_from_boot(deadline: Duration) -> Instant {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let since_boot = Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.max(0) as u32);
+    Instant::now() + deadline.saturating_sub(since_boot)
+}
+
+/// Everything before the supervisor; returns it ready to run.
+fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Error> {
+    let _ = std::env::set_current_dir("/");
+    let signals = Signals::new().map_err(Stage2Error::Signals)?;
+    // ctrl-alt-del sends SIGINT to PID 1 instead of an immediate reboot.
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::CadOff);
+    // /proc, /sys, /dev first (stage 1 normally moved them over already).
+    mounts::mount_all(
+        sys,
+        Path::new("/"),
+        mounts::STAGE2_MOUNTS.get(..3).unwrap_or_default(),
+    )?;
+    crate::console::attach_console();
+    *cmdline = Cmdline::read();
+    crate::say!("stage 2");
+    let config = HostConfig::load(Path::new(HOST_CONFIG_PATH))?;
+    api_mounts(sys, Path::new("/"))?;
+    dev_links();
+
+    let hostname = if config.hostname.is_empty() {
+        "berth"
+    } else {
+        &config.hostname
+    };
+    if let Err(e) = sys.set_hostname(hostname) {
+        crate::say!("setting hostname {hostname}: {e}");
+    }
+    load_modules(sys, &config);
+    let esp = find_esp(cmdline);
+    for e in firmware_mounts(sys, Path::new("/sys/firmware/efi").exists(), esp.as_deref()) {
+        crate::say!("{e}");
+    }
+    for e in sysctl::apply(Path::new("/proc/sys"), &config.sysctls) {
+        crate::say!("{e}");
+    }
+    for e in ensure_var_dirs(Path::new("/")) {
+        crate::say!("{e}");
+    }
+    network::loopback_up();
+    let dhcp = network::configure(&config.network);
+
+    let trial = bless::trial(Path::new(bless::EFIVARS_DIR));
+    let ready_deadline = trial.as_ref().map(|t| {
+        let ms = match config.ready_deadline_ms {
+            0 => DEFAULT_READY_DEADLINE,
+            ms => Duration::from_millis(ms),
+        };
+        crate::say!(
+            "boot entry {} is on trial ({} tries left); must be ready within {}s of boot",
+            t.entry,
+            t.counted.left,
+            ms.as_secs()
+        );
+        deadline_from_boot(ms)
+    });
+    let mut specs: Vec<UnitSpec> = config
+        .services
+        .iter()
+        .cloned()
+        .map(|service| UnitSpec { service, tty: None })
+        .collect();
+    specs.extend(extra_units(&config, cmdline, dhcp));
+    let on_ready: Box<dyn FnMut()> = Box::new(move || {
+        if let Some(t) = &trial {
+            match bless::bless(Path::new(ESP_MOUNT), t) {
+                Ok(Some(path)) => crate::say!("boot is good: blessed {}", path.display()),
+                Ok(None) => crate::say!("boot is good: {} already blessed", t.entry),
+                Err(e) => crate::say!("blessing the boot: {}", crate::console::chain(&e)),
+            }
+        }
+    });
+    let opts = Options {
+        log_dir: PathBuf::from(LOG_DIR),
+        socket: Some(PathBuf::from(CONTROL_SOCKET_PATH)),
+        users_root: PathBuf::from("/"),
+        image: config.image.clone(),
+        version: config.version.clone(),
+        n_services: config.services.len(),
+        ready_deadline,
+    };
+    Ok(Supervisor::new(specs, signals, opts, Some(on_ready)))
+}
+
+/// Runs stage 2; never returns.
+pub fn run(sys: &dyn Sys) -> ! {
+    let mut cmdline = Cmdline::default();
+    match bring_up(sys, &mut cmdline) {
+        Ok(mut supervisor) => {
+            let action = supervisor.run();
+            drop(supervisor); // closes log files and the control socket
+            shutdown::shutdown(sys, action)
+        }
+        Err(e) => failure::fail(sys, &crate::console::chain(&e), cmdline.debug),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::FakeSys;
+
+    #[test]
+    fn stage2_mount_order() -> Result<(), mounts::MountError> {
+        // What stage 1 moved over is already there.
+        let sys = FakeSys::new()
+            .mounted("/dev")
+            .mounted("/proc")
+            .mounted("/sys")
+            .mounted("/run");
+        api_mounts(&sys, Path::new("/"))?;
+        let errors = firmware_mounts(&sys, true, Some(Path::new("/dev/vda1")));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /dev/pts 755",
+                "mount -t devpts devpts /dev/pts -o nosuid,noexec,gid=5,mode=620,ptmxmode=000",
+                "mkdir /dev/shm 755",
+                "mount -t tmpfs tmpfs /dev/shm -o nosuid,nodev,mode=1777",
+                "mkdir /tmp 755",
+                "mount -t tmpfs tmpfs /tmp -o nosuid,nodev,mode=1777",
+                "mkdir /sys/fs/cgroup 755",
+                "mount -t cgroup2 cgroup2 /sys/fs/cgroup -o nosuid,nodev,noexec,nsdelegate",
+                "mkdir /sys/firmware/efi/efivars 755",
+                "mount -t efivarfs efivarfs /sys/firmware/efi/efivars -o nosuid,nodev,noexec",
+                "mkdir /efi 700",
+                "mount -t vfat /dev/vda1 /efi -o nosuid,nodev,noexec,umask=0077,shortname=mixed",
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn var_dirs_and_link_targets_are_created() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir()?;
+        std::os::unix::fs::symlink("var/home", tmp.path().join("home"))?;
+        std::fs::create_dir_all(tmp.path().join("usr"))?;
+        std::os::unix::fs::symlink("../var/usrlocal", tmp.path().join("usr/local"))?;
+        std::os::unix::fs::symlink("/etc/elsewhere", tmp.path().join("srv"))?;
+        let errors = ensure_var_dirs(tmp.path());
+        assert!(errors.is_empty(), "{errors:?}");
+        for dir in ["var/log/berth", "var/lib/berth", "var/home", "var/usrlocal"] {
+            assert!(tmp.path().join(dir).is_dir(), "{dir}");
+        }
+        assert!(!tmp.path().join("etc/elsewhere").exists());
+        let mode = std::fs::metadata(tmp.path().join("var/tmp"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o1777);
+        Ok(())
+    }
+}
