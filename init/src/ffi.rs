@@ -161,7 +161,8 @@ pub struct Credentials {
 }
 
 /// What a child does between `fork` and `exec`, on top of what std already
-/// does (dup2 of stdio, chdir, an empty signal mask, SIGPIPE back to default).
+/// does (dup2 of stdio, chdir): an empty signal mask, default dispositions,
+/// and the fields below.
 #[derive(Debug, Clone, Default)]
 pub struct ChildSetup {
     /// Start a new session (and so a new process group we can signal as one).
@@ -179,10 +180,11 @@ pub fn configure_child(cmd: &mut Command, setup: ChildSetup) {
         .as_ref()
         .map(|c| c.groups.clone())
         .unwrap_or_default();
+    let empty = empty_sigset();
     // SAFETY: the closure runs in the child between fork and exec. It makes
-    // only async-signal-safe system calls (signal, setsid, ioctl, setgroups,
-    // setgid, setuid, close_range) and allocates nothing: the group list was
-    // built before the fork and is only read.
+    // only async-signal-safe system calls (signal, sigprocmask, setsid,
+    // ioctl, setgroups, setgid, setuid, close_range) and allocates nothing:
+    // the group list and the empty set were built before the fork.
     unsafe {
         cmd.pre_exec(move || {
             // Dispositions: nothing is ignored or caught in the new program.
@@ -190,6 +192,11 @@ pub fn configure_child(cmd: &mut Command, setup: ChildSetup) {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                     libc::signal(sig, libc::SIG_DFL);
                 }
+            }
+            // PID 1 blocks every signal; the service must not inherit that
+            // (std does not reset the mask for us).
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::other("resetting the signal mask"));
             }
             if setup.new_session && libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());

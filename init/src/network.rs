@@ -64,10 +64,13 @@ pub fn resolv_conf(dns: &[String]) -> String {
 /// waiting for this one child is safe), returning its stderr on failure.
 fn run(argv: &[String]) -> Result<(), String> {
     let (program, args) = argv.split_first().ok_or("empty command")?;
-    let out = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env("PATH", DEFAULT_PATH)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    // Not PID 1's blocked signal mask.
+    ffi::configure_child(&mut cmd, ffi::ChildSetup::default());
+    let out = cmd
         .output()
         .map_err(|e| format!("{}: {e}", argv.join(" ")))?;
     if out.status.success() {
