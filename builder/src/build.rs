@@ -19,7 +19,7 @@ use crate::manifest::units::human_bytes;
 use crate::packages::{Cache, PackageRequest, PackagesError};
 use crate::progress::Progress;
 use crate::rootfs::{self, fsutil, overlay};
-use crate::{binaries, commit, host_config, ids, initramfs};
+use crate::{binaries, commit, container, host_config, ids, initramfs};
 
 /// What a finished build produced, for the summary and for callers.
 #[derive(Debug, Clone)]
@@ -82,7 +82,6 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let m = Manifest::load(&opts.manifest)?;
     let timestamp = build_timestamp()?;
     let bins = binaries::find()?;
-    let host = host_config::from_manifest(&m);
     let req = PackageRequest::from_manifest(&m);
     let cache = Cache::new(opts.cache_dir.clone().unwrap_or_else(Cache::default_root));
     std::fs::create_dir_all(&opts.output)
@@ -99,6 +98,15 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     if !base.fresh {
         progress.note("package tree taken from the cache");
     }
+    if !m.containers.is_empty() {
+        progress.note(&format!(
+            "fetching {} container image(s) with skopeo",
+            m.containers.len()
+        ));
+    }
+    let containers = container::prepare_all(&m, &cache)?;
+    let container_services: Vec<_> = containers.iter().map(|c| c.service.clone()).collect();
+    let host = host_config::from_manifest(&m, &container_services);
     let kver = base.info.kernel_version.clone();
 
     progress.stage("assemble", "writing Berth's files");
@@ -106,6 +114,14 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let overlay_dir = work.path.join("overlay");
     std::fs::create_dir_all(&overlay_dir)?;
     overlay::write(&overlay_dir, &m, &host, &bins, &base.info.packages)?;
+    for c in &containers {
+        let bundle = overlay_dir.join(container::BUNDLES_DIR).join(&c.name);
+        std::fs::create_dir_all(&bundle)?;
+        std::fs::write(bundle.join("config.json"), &c.config_json)?;
+        for p in &c.mount_points {
+            std::fs::create_dir_all(bundle.join("rootfs").join(p))?;
+        }
+    }
 
     progress.stage("initramfs", "packing berth-init and the root's modules");
     let init =
@@ -121,12 +137,33 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
 
     progress.stage("commit", &format!("committing to {}", repo_path.display()));
     let ostree_ref = commit::ostree_ref(&m.name);
+    let base_roots = cache.trees().join(format!("{}.roots.json", base.info.key));
+    let container_roots: Vec<PathBuf> = containers
+        .iter()
+        .map(|c| c.rootfs.with_file_name("roots.json"))
+        .collect();
+    let container_trees: Vec<(String, commit::CachedTree)> = containers
+        .iter()
+        .zip(&container_roots)
+        .map(|(c, roots)| {
+            (
+                c.name.clone(),
+                commit::CachedTree {
+                    dir: &c.rootfs,
+                    roots,
+                },
+            )
+        })
+        .collect();
     let subject = format!("{} {}", m.name, m.version);
     let committed = commit::commit(&commit::CommitSpec {
         repo: &repo_path,
         ostree_ref: &ostree_ref,
-        base: &base.dir,
-        base_roots: &cache.trees().join(format!("{}.roots.json", base.info.key)),
+        base: commit::CachedTree {
+            dir: &base.dir,
+            roots: &base_roots,
+        },
+        containers: &container_trees,
         overlay: &overlay_dir,
         version: &m.version,
         subject: &subject,

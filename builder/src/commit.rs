@@ -33,12 +33,13 @@ pub struct CommitSpec<'a> {
     pub repo: &'a Path,
     /// Ref to move.
     pub ostree_ref: &'a str,
-    /// The cached package tree (committed once per repository, then reused
-    /// by its tree checksum).
-    pub base: &'a Path,
-    /// Where the base tree's checksums are remembered between builds.
-    pub base_roots: &'a Path,
-    /// Berth's own files, committed on top of the base (they win).
+    /// The cached package tree: committed once per repository, then reused
+    /// by its tree checksum.
+    pub base: CachedTree<'a>,
+    /// Containers' cached root file systems, placed at
+    /// `usr/lib/berth/containers/<name>/rootfs`.
+    pub containers: &'a [(String, CachedTree<'a>)],
+    /// Berth's own files, committed on top of everything (they win).
     pub overlay: &'a Path,
     /// Commit metadata `version`.
     pub version: &'a str,
@@ -48,6 +49,16 @@ pub struct CommitSpec<'a> {
     pub timestamp: u64,
     /// GPG key id and home directory to sign commit and summary with.
     pub gpg: Option<(&'a str, &'a Path)>,
+}
+
+/// A directory that does not change between builds (it lives in the
+/// cache), with the file remembering its tree checksums per repository.
+#[derive(Debug, Clone, Copy)]
+pub struct CachedTree<'a> {
+    /// The directory.
+    pub dir: &'a Path,
+    /// Where its tree checksums are remembered.
+    pub roots: &'a Path,
 }
 
 /// Opens the archive repository at `path`, creating it when missing.
@@ -87,7 +98,27 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     // Host security labels of the build machine do not belong in the image.
     let modifier =
         ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::SKIP_XATTRS, None);
-    let mtree = base_mtree(&repo, spec, &modifier)?;
+    let (contents, meta) = cached_tree(&repo, spec.repo, &spec.base, &modifier)?;
+    let mtree = ostree::MutableTree::from_checksum(&repo, &contents, &meta);
+    for (name, tree) in spec.containers {
+        let (c, m) = cached_tree(&repo, spec.repo, tree, &modifier)?;
+        let mut dir = mtree.clone();
+        for part in ["usr", "lib", "berth", "containers", name.as_str()] {
+            dir = dir
+                .ensure_dir(part)
+                .with_context(|| format!("adding {part} to the commit"))?;
+            if dir.metadata_checksum().is_empty() {
+                // Replaced by the overlay's own directory below.
+                dir.set_metadata_checksum(&meta);
+            }
+        }
+        let rootfs = dir
+            .ensure_dir("rootfs")
+            .context("adding a container root to the commit")?;
+        if !rootfs.fill_empty_from_dirtree(&repo, &c, &m) {
+            anyhow::bail!("the commit already has usr/lib/berth/containers/{name}/rootfs");
+        }
+    }
     repo.write_directory_to_mtree(
         &gio::File::for_path(spec.overlay),
         &mtree,
@@ -156,23 +187,24 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     })
 }
 
-/// The base tree as a mutable tree. The first build into a repository
-/// reads and checksums every file of it; later builds start from its tree
-/// checksum (remembered in `spec.base_roots`), so an unchanged package
-/// tree costs nothing to commit again.
-fn base_mtree(
+/// The tree checksums (contents, metadata) of a cached directory in
+/// `repo`. The first build into a repository reads and checksums every file
+/// of it; later builds take the checksums remembered in `tree.roots` (when
+/// the repository still has those objects), so an unchanged tree costs
+/// nothing to commit again.
+fn cached_tree(
     repo: &ostree::Repo,
-    spec: &CommitSpec,
+    repo_path: &Path,
+    tree: &CachedTree,
     modifier: &ostree::RepoCommitModifier,
-) -> anyhow::Result<ostree::MutableTree> {
+) -> anyhow::Result<(String, String)> {
     let none = gio::Cancellable::NONE;
-    let repo_key = spec
-        .repo
+    let repo_key = repo_path
         .canonicalize()
-        .unwrap_or_else(|_| spec.repo.to_path_buf());
+        .unwrap_or_else(|_| repo_path.to_path_buf());
     let repo_key = repo_key.to_string_lossy().into_owned();
     let mut roots: std::collections::BTreeMap<String, (String, String)> =
-        std::fs::read_to_string(spec.base_roots)
+        std::fs::read_to_string(tree.roots)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
@@ -184,37 +216,31 @@ fn base_mtree(
                 .has_object(ostree::ObjectType::DirMeta, meta, none)
                 .unwrap_or(false);
         if present {
-            return Ok(ostree::MutableTree::from_checksum(repo, contents, meta));
+            return Ok((contents.clone(), meta.clone()));
         }
     }
     let mtree = ostree::MutableTree::new();
-    repo.write_directory_to_mtree(
-        &gio::File::for_path(spec.base),
-        &mtree,
-        Some(modifier),
-        none,
-    )
-    .with_context(|| format!("adding {} to the commit", spec.base.display()))?;
-    let root = repo
-        .write_mtree(&mtree, none)
-        .context("writing the base tree")?;
+    repo.write_directory_to_mtree(&gio::File::for_path(tree.dir), &mtree, Some(modifier), none)
+        .with_context(|| format!("adding {} to the commit", tree.dir.display()))?;
+    let root = repo.write_mtree(&mtree, none).context("writing a tree")?;
     let root = root
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
-    root.ensure_resolved().context("resolving the base tree")?;
+    root.ensure_resolved().context("resolving a tree")?;
     let (Some(contents), Some(meta)) = (
         root.tree_get_contents_checksum(),
         root.tree_get_metadata_checksum(),
     ) else {
-        anyhow::bail!("libostree gave no checksum for the base tree");
+        anyhow::bail!("libostree gave no checksum for {}", tree.dir.display());
     };
-    roots.insert(repo_key, (contents.to_string(), meta.to_string()));
+    let pair = (contents.to_string(), meta.to_string());
+    roots.insert(repo_key, pair.clone());
     // Best effort: without it the next build just checksums the tree again.
     let _ = std::fs::write(
-        spec.base_roots,
+        tree.roots,
         serde_json::to_string_pretty(&roots).unwrap_or_default(),
     );
-    Ok(ostree::MutableTree::from_checksum(repo, &contents, &meta))
+    Ok(pair)
 }
 
 /// Flushes the repository's file system once (fsync was off per object).

@@ -8,8 +8,9 @@ use crate::manifest::Manifest;
 /// The name of the service that runs the DHCP client.
 pub const DHCP_SERVICE: &str = "dhcp";
 
-/// The host configuration of an image built from `m`.
-pub fn from_manifest(m: &Manifest) -> HostConfig {
+/// The host configuration of an image built from `m`, whose containers
+/// run as `containers` (services made by the container module).
+pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
     let mut services = Vec::new();
     if let Network::Dhcp { client, .. } = &m.network {
         // The DHCP client is a supervised service like any other, but the
@@ -26,6 +27,7 @@ pub fn from_manifest(m: &Manifest) -> HostConfig {
         });
     }
     services.extend(m.services.iter().cloned());
+    services.extend(containers.iter().cloned());
     HostConfig {
         image: m.name.clone(),
         version: m.version.clone(),
@@ -51,7 +53,7 @@ mod tests {
             "name = \"x\"\nversion = \"1\"\n[network]\nmode = \"dhcp\"\n[[service]]\nname = \"web\"\ncommand = [\"httpd\"]\n",
         )
         .unwrap();
-        let h = from_manifest(&m);
+        let h = from_manifest(&m, &[]);
         assert_eq!(h.services[0].name, DHCP_SERVICE);
         assert!(!h.services[0].required);
         assert_eq!(h.services[0].command[0], "udhcpc");

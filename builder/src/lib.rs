@@ -11,6 +11,7 @@ pub mod build;
 pub mod cli;
 pub mod command;
 pub mod commit;
+pub mod container;
 pub mod disk;
 pub mod error;
 pub mod host_config;

@@ -138,6 +138,9 @@ pub struct Service {
     pub pre_start: Vec<Vec<String>>,
     /// Commands run after the process exited or was stopped.
     pub post_stop: Vec<Vec<String>>,
+    /// Directories created (owner root, mode 0755, parents too) before
+    /// every start: containers' volume folders under /var.
+    pub dirs: Vec<String>,
     /// Whether the host counts as ready (and the boot as good) only when
     /// this service is ready.
     pub required: bool,
@@ -162,6 +165,7 @@ impl Default for Service {
             stop_timeout_ms: 10_000,
             pre_start: Vec::new(),
             post_stop: Vec::new(),
+            dirs: Vec::new(),
             required: true,
         }
     }

@@ -24,7 +24,9 @@ pub const BERTH_LIB_DIR: &str = "/usr/lib/berth";
 ///
 /// `boot_secs` is the time since the kernel started (CLOCK_BOOTTIME).
 pub fn ready_line(image: &str, version: &str, services: usize, boot_secs: f64) -> String {
-    format!("{READY_PREFIX} image={image} version={version} services={services} boot={boot_secs:.2}s")
+    format!(
+        "{READY_PREFIX} image={image} version={version} services={services} boot={boot_secs:.2}s"
+    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! through [`Manifest::error_at`] the same way.
 
 mod schema;
+mod services;
 pub mod units;
 mod validate;
 
@@ -82,6 +83,8 @@ pub struct Manifest {
     pub network: Network,
     /// Services, in manifest order.
     pub services: Vec<Service>,
+    /// Containers, in manifest order.
+    pub containers: Vec<Container>,
     /// Where hosts look for updates.
     pub update: Option<Update>,
 }
@@ -130,6 +133,51 @@ pub struct Host {
     pub ready_deadline_ms: u64,
     /// sysctl settings.
     pub sysctls: std::collections::BTreeMap<String, String>,
+}
+
+/// One `[[container]]`: an OCI image run by crun under berth-init.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    /// Unique among services and containers.
+    pub name: String,
+    /// The image, with its skopeo transport (`docker://`, `oci:`, ...).
+    pub image: Located<String>,
+    /// Replaces the image's Entrypoint and Cmd.
+    pub command: Option<Vec<String>>,
+    /// Environment on top of the image's.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Restart policy.
+    pub restart: Restart,
+    /// Persistent volumes.
+    pub volumes: Vec<crate::container::spec::Volume>,
+    /// Network mode.
+    pub network: ContainerNetwork,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs.
+    pub cpus: Option<f64>,
+    /// Readiness.
+    pub ready: Readiness,
+    /// Units that must be ready first.
+    pub after: Vec<String>,
+    /// Stop signal.
+    pub stop_signal: String,
+    /// Grace period before SIGKILL.
+    pub stop_timeout_ms: u64,
+    /// Counts toward host readiness.
+    pub required: bool,
+    /// Verify the registry's TLS certificate (default: yes, except for
+    /// registries on the loopback address).
+    pub tls_verify: Option<bool>,
+}
+
+/// A container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerNetwork {
+    /// Shares the host's network.
+    Host,
+    /// Loopback only.
+    None,
 }
 
 /// `[update]`: the OSTree remote hosts pull from.

@@ -27,6 +27,8 @@ pub struct RawManifest {
     pub network: RawNetwork,
     #[serde(default, rename = "service")]
     pub services: Vec<RawService>,
+    #[serde(default, rename = "container")]
+    pub containers: Vec<RawContainer>,
     #[serde(default)]
     pub update: Option<RawUpdate>,
 }
@@ -106,6 +108,30 @@ pub struct RawService {
     pub backoff_initial: Option<Spanned<String>>,
     pub backoff_max: Option<Spanned<String>>,
     pub required: Option<bool>,
+}
+
+/// One `[[container]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawContainer {
+    pub name: Spanned<String>,
+    pub image: Spanned<String>,
+    pub command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub restart: Option<Spanned<String>>,
+    #[serde(default)]
+    pub volumes: Vec<Spanned<String>>,
+    pub network: Option<Spanned<String>>,
+    pub memory: Option<Spanned<String>>,
+    pub cpus: Option<Spanned<f64>>,
+    pub ready: Option<Spanned<String>>,
+    #[serde(default)]
+    pub after: Vec<Spanned<String>>,
+    pub stop_signal: Option<Spanned<String>>,
+    pub stop_timeout: Option<Spanned<String>>,
+    pub required: Option<bool>,
+    pub tls_verify: Option<bool>,
 }
 
 /// `[update]`.

@@ -158,7 +158,10 @@ fn service_errors() {
     assert_eq!(e.key, "service[0].ready", "{e}");
     let e = err(&format!("{base}after = [\"ghost\"]\n"));
     assert_eq!(e.key, "service[0].after[0]", "{e}");
-    assert!(e.message.contains("no service named \"ghost\""));
+    assert!(
+        e.message
+            .contains("no service or container named \"ghost\"")
+    );
     let e = err(&format!("{base}stop-timeout = \"soon\"\n"));
     assert_eq!(e.key, "service[0].stop-timeout", "{e}");
     let e = err(&format!(
@@ -195,8 +198,14 @@ fn network_modes() {
 
 #[test]
 fn dhcp_service_name_is_reserved_with_dhcp() {
-    let e = err("name = \"x\"\nversion = \"1\"\n[network]\nmode = \"dhcp\"\n[[service]]\nname = \"dhcp\"\ncommand = [\"x\"]\n");
-    assert_eq!((e.key.as_str(), e.position), ("service[0].name", Some((6, 8))), "{e}");
+    let e = err(
+        "name = \"x\"\nversion = \"1\"\n[network]\nmode = \"dhcp\"\n[[service]]\nname = \"dhcp\"\ncommand = [\"x\"]\n",
+    );
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("service[0].name", Some((6, 8))),
+        "{e}"
+    );
 }
 
 #[test]

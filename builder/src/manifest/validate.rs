@@ -2,14 +2,14 @@
 //! the TOML parser (located by its spans, keyed by serde_path_to_error),
 //! then the semantic checks (names, versions, units, references).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use berth_hostapi::config::{Network, Readiness, Restart, Service, ServiceKind};
+use berth_hostapi::config::Network;
 use toml::Spanned;
 
-use super::schema::{RawManifest, RawNetwork, RawService};
+use super::schema::{RawManifest, RawNetwork};
 use super::units::{parse_duration_ms, parse_size};
 use super::{
     DEFAULT_DISK_SIZE, DEFAULT_ESP_SIZE, Disk, Host, Kernel, Located, Manifest, ManifestError,
@@ -17,13 +17,18 @@ use super::{
 };
 
 /// Collects errors against one manifest text.
-struct Checker<'a> {
-    path: &'a Path,
+pub(super) struct Checker<'a> {
+    pub(super) path: &'a Path,
     text: &'a str,
 }
 
 impl Checker<'_> {
-    fn err(&self, key: &str, span: &Range<usize>, message: impl Into<String>) -> ManifestError {
+    pub(super) fn err(
+        &self,
+        key: &str,
+        span: &Range<usize>,
+        message: impl Into<String>,
+    ) -> ManifestError {
         ManifestError {
             file: self.path.to_path_buf(),
             position: Some(line_col(self.text, span.start)),
@@ -98,9 +103,12 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
     let disk = check_disk(c, raw.disk)?;
     let host = check_host(c, raw.host)?;
     let network = check_network(c, raw.network)?;
-    let services = check_services(c, raw.services)?;
+    let (services, containers) = super::services::check(c, raw.services, raw.containers)?;
     if matches!(network, Network::Dhcp { .. }) {
-        if let Some(s) = services.iter().position(|s| s.name == crate::host_config::DHCP_SERVICE) {
+        if let Some(s) = services
+            .iter()
+            .position(|s| s.name == crate::host_config::DHCP_SERVICE)
+        {
             let span = name_spans.get(s).cloned().unwrap_or(0..0);
             return Err(c.err(
                 &format!("service[{s}].name"),
@@ -132,6 +140,7 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         host,
         network,
         services,
+        containers,
         update,
     })
 }
@@ -147,7 +156,11 @@ impl Located<String> {
 }
 
 /// Names used in file names, refs and service names.
-fn check_name(c: &Checker, key: &str, s: Spanned<String>) -> Result<String, ManifestError> {
+pub(super) fn check_name(
+    c: &Checker,
+    key: &str,
+    s: Spanned<String>,
+) -> Result<String, ManifestError> {
     let span = s.span();
     let name = s.into_inner();
     if name.is_empty() {
@@ -493,219 +506,4 @@ fn valid_cidr(s: &str) -> bool {
         return false;
     };
     addr.parse::<std::net::Ipv4Addr>().is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= 32)
-}
-
-/// Signals a service may name as its stop signal.
-const STOP_SIGNALS: [&str; 9] = [
-    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGPWR",
-];
-
-fn check_services(c: &Checker, raw: Vec<RawService>) -> Result<Vec<Service>, ManifestError> {
-    let mut services = Vec::new();
-    let mut names = BTreeSet::new();
-    let mut afters = Vec::new();
-    for (i, s) in raw.into_iter().enumerate() {
-        let at = |field: &str| format!("service[{i}].{field}");
-        let name_span = s.name.span();
-        let name = check_name(c, &at("name"), s.name)?;
-        if !names.insert(name.clone()) {
-            return Err(c.err(
-                &at("name"),
-                &name_span,
-                format!("a service named \"{name}\" already exists"),
-            ));
-        }
-        let cmd_span = s.command.span();
-        let command = s.command.into_inner();
-        if command.is_empty() || command[0].is_empty() {
-            return Err(c.err(&at("command"), &cmd_span, "must name a program"));
-        }
-        let restart = match s.restart {
-            Some(r) => {
-                let span = r.span();
-                match r.get_ref().as_str() {
-                    "always" => Restart::Always,
-                    "on-failure" => Restart::OnFailure,
-                    "never" => Restart::Never,
-                    other => {
-                        return Err(c.err(
-                            &at("restart"),
-                            &span,
-                            format!("unknown policy \"{other}\" (expected \"always\", \"on-failure\" or \"never\")"),
-                        ));
-                    }
-                }
-            }
-            None => Restart::Always,
-        };
-        let ready = match s.ready {
-            Some(r) => {
-                let span = r.span();
-                parse_ready(r.get_ref()).map_err(|m| c.err(&at("ready"), &span, m))?
-            }
-            None => Readiness::Started,
-        };
-        let stop_signal = match s.stop_signal {
-            Some(sig) => {
-                let span = sig.span();
-                let v = sig.into_inner().to_ascii_uppercase();
-                let v = if v.starts_with("SIG") {
-                    v
-                } else {
-                    format!("SIG{v}")
-                };
-                if !STOP_SIGNALS.contains(&v.as_str()) {
-                    return Err(c.err(
-                        &at("stop-signal"),
-                        &span,
-                        format!(
-                            "unknown signal \"{v}\" (expected one of {})",
-                            STOP_SIGNALS.join(", ")
-                        ),
-                    ));
-                }
-                v
-            }
-            None => "SIGTERM".into(),
-        };
-        let ms =
-            |field: &str, v: Option<Spanned<String>>, default: u64| -> Result<u64, ManifestError> {
-                match v {
-                    Some(d) => {
-                        let span = d.span();
-                        parse_duration_ms(d.get_ref()).map_err(|m| c.err(&at(field), &span, m))
-                    }
-                    None => Ok(default),
-                }
-            };
-        let defaults = Service::default();
-        let stop_timeout_ms = ms("stop-timeout", s.stop_timeout, defaults.stop_timeout_ms)?;
-        let backoff_initial_ms = ms(
-            "backoff-initial",
-            s.backoff_initial,
-            defaults.backoff_initial_ms,
-        )?;
-        let backoff_max_ms = ms("backoff-max", s.backoff_max, defaults.backoff_max_ms)?;
-        afters.push((i, s.after.clone()));
-        let required = s.required.unwrap_or(true);
-        services.push(Service {
-            name,
-            kind: ServiceKind::Process,
-            command,
-            env: s.env,
-            working_dir: s.working_dir,
-            user: s.user,
-            group: s.group,
-            restart,
-            backoff_initial_ms,
-            backoff_max_ms: backoff_max_ms.max(backoff_initial_ms),
-            after: s.after.into_iter().map(Spanned::into_inner).collect(),
-            ready,
-            stop_signal,
-            stop_timeout_ms,
-            pre_start: Vec::new(),
-            post_stop: Vec::new(),
-            required,
-        });
-    }
-    for (i, after) in afters {
-        for (j, a) in after.iter().enumerate() {
-            if !names.contains(a.get_ref()) {
-                return Err(c.err(
-                    &format!("service[{i}].after[{j}]"),
-                    &a.span(),
-                    format!("no service named \"{}\"", a.get_ref()),
-                ));
-            }
-        }
-    }
-    if let Some(cycle) = find_cycle(&services) {
-        return Err(ManifestError {
-            file: c.path.to_path_buf(),
-            position: None,
-            key: "service.after".into(),
-            message: format!(
-                "services wait for each other in a cycle: {}",
-                cycle.join(" -> ")
-            ),
-        });
-    }
-    Ok(services)
-}
-
-/// `started`, `exited`, `tcp:PORT` or `exec:COMMAND ARGS...` (split on
-/// whitespace; wrap in `sh -c '...'` for anything fancier).
-pub(super) fn parse_ready(text: &str) -> Result<Readiness, String> {
-    match text.split_once(':') {
-        None if text == "started" => Ok(Readiness::Started),
-        None if text == "exited" => Ok(Readiness::Exited),
-        Some(("tcp", port)) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .map(|port| Readiness::Tcp { port })
-            .ok_or_else(|| format!("\"{port}\" is not a TCP port")),
-        Some(("exec", cmd)) => {
-            let command: Vec<String> = cmd.split_whitespace().map(String::from).collect();
-            if command.is_empty() {
-                Err("exec: needs a command".into())
-            } else {
-                Ok(Readiness::Exec { command })
-            }
-        }
-        _ => Err(format!(
-            "unknown readiness \"{text}\" (expected \"started\", \"exited\", \"tcp:PORT\" or \"exec:COMMAND\")"
-        )),
-    }
-}
-
-/// A cycle in the `after` graph, as service names, if there is one.
-fn find_cycle(services: &[Service]) -> Option<Vec<String>> {
-    let index: BTreeMap<&str, usize> = services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
-    // 0 = unvisited, 1 = on the stack, 2 = done.
-    let mut state = vec![0u8; services.len()];
-    let mut stack = Vec::new();
-    fn visit(
-        i: usize,
-        services: &[Service],
-        index: &BTreeMap<&str, usize>,
-        state: &mut [u8],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<String>> {
-        state[i] = 1;
-        stack.push(i);
-        for a in &services[i].after {
-            let Some(&j) = index.get(a.as_str()) else {
-                continue;
-            };
-            if state[j] == 1 {
-                let from = stack.iter().position(|&k| k == j).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[from..]
-                    .iter()
-                    .map(|&k| services[k].name.clone())
-                    .collect();
-                cycle.push(services[j].name.clone());
-                return Some(cycle);
-            }
-            if state[j] == 0 {
-                if let Some(c) = visit(j, services, index, state, stack) {
-                    return Some(c);
-                }
-            }
-        }
-        stack.pop();
-        state[i] = 2;
-        None
-    }
-    (0..services.len()).find_map(|i| {
-        if state[i] == 0 {
-            visit(i, services, &index, &mut state, &mut stack)
-        } else {
-            None
-        }
-    })
 }

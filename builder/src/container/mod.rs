@@ -1,0 +1,269 @@
+//! Containers: OCI images fetched at build time, unpacked into read-only
+//! bundles inside the OS commit (`/usr/lib/berth/containers/<name>`), and
+//! run by crun as supervised services. They are part of the versioned OS:
+//! an upgrade brings new containers with the new OS, a rollback the old.
+
+pub mod image;
+pub mod spec;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use berth_hostapi::config::{Service, ServiceKind};
+
+use crate::manifest::{Container, ContainerNetwork, Manifest};
+use crate::packages::Cache;
+
+/// Where bundles live in the OS tree.
+pub const BUNDLES_DIR: &str = "usr/lib/berth/containers";
+/// The OCI runtime on the host.
+pub const RUNTIME: &str = "crun";
+
+/// A container ready to be committed: its unpacked root file system in the
+/// cache and its runtime configuration.
+#[derive(Debug, Clone)]
+pub struct PreparedContainer {
+    /// Container name.
+    pub name: String,
+    /// The unpacked image (cached by manifest digest; never modified).
+    pub rootfs: PathBuf,
+    /// The image's manifest digest.
+    pub digest: String,
+    /// `config.json` text.
+    pub config_json: String,
+    /// Mount points for volumes that the image lacks (relative paths in
+    /// the rootfs), added by the overlay.
+    pub mount_points: Vec<String>,
+    /// The supervised service running it.
+    pub service: Service,
+}
+
+/// Whether a `docker://` image lives on a loopback registry (a local test
+/// registry speaks plain HTTP).
+pub fn loopback_registry(image: &str) -> bool {
+    let Some(rest) = image.strip_prefix("docker://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// The skopeo reference with relative paths of `oci:` and archive
+/// transports made absolute against the manifest's directory.
+pub fn absolute_ref(image: &str, base: &Path) -> String {
+    for t in ["oci:", "oci-archive:", "docker-archive:"] {
+        if let Some(rest) = image.strip_prefix(t) {
+            if !rest.starts_with('/') {
+                return format!("{t}{}", base.join(rest).display());
+            }
+        }
+    }
+    image.to_string()
+}
+
+/// Fetches, verifies and unpacks every container of the manifest; errors
+/// name the container and its image. Nothing is committed when one fails.
+pub fn prepare_all(m: &Manifest, cache: &Cache) -> anyhow::Result<Vec<PreparedContainer>> {
+    let seccomp = load_seccomp()?;
+    m.containers
+        .iter()
+        .map(|c| {
+            prepare(m, c, cache, seccomp.clone()).map_err(|e| {
+                let msg = format!(
+                    "container \"{}\" (image {}): {}",
+                    c.name,
+                    c.image.value,
+                    crate::error::chain(&e)
+                );
+                anyhow::Error::new(m.error_at(&c.image.key, &c.image.span, msg))
+            })
+        })
+        .collect()
+}
+
+fn load_seccomp() -> anyhow::Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+    let text = std::fs::read_to_string(spec::SECCOMP_PROFILE).with_context(|| {
+        format!(
+            "reading the default seccomp profile {} (package golang-github-containers-common)",
+            spec::SECCOMP_PROFILE
+        )
+    })?;
+    let profile: serde_json::Value =
+        serde_json::from_str(&text).context("parsing the seccomp profile")?;
+    let names = spec::default_cap_names();
+    let caps: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(Some(
+        spec::seccomp_from_profile(&profile, &caps).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+fn prepare(
+    m: &Manifest,
+    c: &Container,
+    cache: &Cache,
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+) -> anyhow::Result<PreparedContainer> {
+    let reference = absolute_ref(&c.image.value, &m.base_dir());
+    let tls = c.tls_verify.unwrap_or(!loopback_registry(&reference));
+    let layout = cache.root().join("oci");
+    let tag = format!("{}-{}", m.name, c.name);
+    let img = image::fetch(&reference, &layout, &tag, tls)?;
+    let digest_hex = img
+        .manifest_digest
+        .trim_start_matches("sha256:")
+        .to_string();
+    let rootfs = unpacked_rootfs(cache, &img, &digest_hex)?;
+
+    let cfg = img.config.config().clone().unwrap_or_default();
+    let args = match &c.command {
+        Some(cmd) => cmd.clone(),
+        None => {
+            let mut a = cfg.entrypoint().clone().unwrap_or_default();
+            a.extend(cfg.cmd().clone().unwrap_or_default());
+            a
+        }
+    };
+    if args.is_empty() {
+        anyhow::bail!("the image has no Entrypoint or Cmd: give the container a command");
+    }
+    let env = spec::merge_env(&cfg.env().clone().unwrap_or_default(), &c.env);
+    let cwd = cfg
+        .working_dir()
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let user = spec::resolve_user(&rootfs, cfg.user().as_deref().unwrap_or(""))
+        .map_err(anyhow::Error::msg)?;
+    let network = match c.network {
+        ContainerNetwork::Host => spec::NetworkMode::Host,
+        ContainerNetwork::None => spec::NetworkMode::None,
+    };
+    let cs = spec::ContainerSpec {
+        name: c.name.clone(),
+        args,
+        env,
+        cwd,
+        user,
+        network,
+        memory: c.memory.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        cpus: c.cpus,
+        volumes: c.volumes.clone(),
+        volume_dir: spec::volume_dir(&c.name),
+    };
+    let config = spec::build(&cs, seccomp).context("making the runtime configuration")?;
+    let config_json = serde_json::to_string_pretty(&config).context("writing config.json")? + "\n";
+    let mount_points = c
+        .volumes
+        .iter()
+        .map(|v| v.target.trim_start_matches('/').to_string())
+        .filter(|t| !rootfs.join(t).exists())
+        .collect();
+    Ok(PreparedContainer {
+        name: c.name.clone(),
+        rootfs,
+        digest: img.manifest_digest.clone(),
+        config_json,
+        mount_points,
+        service: service(c),
+    })
+}
+
+/// The supervised service that runs container `c` with crun. Stale state
+/// from a crash (a container id that already exists) is removed before
+/// every start and after every stop.
+pub fn service(c: &Container) -> Service {
+    let bundle = format!("/{BUNDLES_DIR}/{}", c.name);
+    let delete = vec![
+        RUNTIME.to_string(),
+        "delete".into(),
+        "--force".into(),
+        c.name.clone(),
+    ];
+    Service {
+        name: c.name.clone(),
+        kind: ServiceKind::Container,
+        command: vec![
+            RUNTIME.into(),
+            "run".into(),
+            "--bundle".into(),
+            bundle,
+            c.name.clone(),
+        ],
+        restart: c.restart,
+        after: c.after.clone(),
+        ready: c.ready.clone(),
+        stop_signal: c.stop_signal.clone(),
+        stop_timeout_ms: c.stop_timeout_ms,
+        pre_start: vec![delete.clone()],
+        post_stop: vec![delete],
+        dirs: c
+            .volumes
+            .iter()
+            .map(|v| format!("{}/{}", spec::volume_dir(&c.name), v.name))
+            .collect(),
+        required: c.required,
+        ..Service::default()
+    }
+}
+
+/// The image's layers unpacked in order, cached by manifest digest. The
+/// mount points the runtime needs on a read-only root are created here.
+fn unpacked_rootfs(
+    cache: &Cache,
+    img: &image::LocalImage,
+    digest_hex: &str,
+) -> anyhow::Result<PathBuf> {
+    let dir = cache.root().join("containers").join(digest_hex);
+    let rootfs = dir.join("rootfs");
+    let done = dir.join("complete");
+    if done.exists() {
+        return Ok(rootfs);
+    }
+    let _ = crate::rootfs::fsutil::remove_any(&dir);
+    std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+    for (i, layer) in img.manifest.layers().iter().enumerate() {
+        let reader = image::layer_reader(&img.layout, layer)?;
+        unpack::unpack_layer(&rootfs, reader)
+            .with_context(|| format!("unpacking layer {} ({})", i + 1, layer.digest()))?;
+    }
+    for d in ["proc", "sys", "dev", "tmp", "run", "etc"] {
+        let p = unpack::resolve_in_root(&rootfs, Path::new(d), true)?;
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    for f in ["etc/resolv.conf", "etc/hosts"] {
+        let p = unpack::resolve_in_root(&rootfs, Path::new(f), true)?;
+        if std::fs::symlink_metadata(&p).is_err() {
+            std::fs::write(&p, b"").with_context(|| format!("creating {}", p.display()))?;
+        }
+    }
+    std::fs::write(&done, img.manifest_digest.as_bytes())?;
+    Ok(rootfs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_plain_http() {
+        assert!(loopback_registry("docker://127.0.0.1:5000/demo/httpd:1"));
+        assert!(loopback_registry("docker://localhost/x"));
+        assert!(!loopback_registry("docker://registry.example.com/x"));
+        assert!(!loopback_registry("oci:/x"));
+    }
+
+    #[test]
+    fn relative_layouts_resolve_against_the_manifest() {
+        assert_eq!(
+            absolute_ref("oci:images/web:1", Path::new("/m")),
+            "oci:/m/images/web:1"
+        );
+        assert_eq!(absolute_ref("oci:/abs:1", Path::new("/m")), "oci:/abs:1");
+        assert_eq!(
+            absolute_ref("docker://x/y", Path::new("/m")),
+            "docker://x/y"
+        );
+    }
+}
