@@ -7,32 +7,72 @@ use berth_hostapi::READY_PREFIX;
 /// The console text without terminal escape sequences, carriage returns
 /// or other control characters (tabs and newlines stay).
 pub fn plain_text(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => match chars.next() {
-                // CSI: parameters and intermediates up to a final byte.
-                Some('[') => {
-                    for c in chars.by_ref() {
-                        if ('\u{40}'..='\u{7e}').contains(&c) {
-                            break;
-                        }
-                    }
+    let mut p = PlainText::default();
+    let mut text = p.feed(raw);
+    text.push_str(&p.finish());
+    text
+}
+
+/// Where [`PlainText`] is inside an escape sequence.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    /// After ESC.
+    Start,
+    /// Inside `ESC [`, until a final byte (0x40..=0x7e).
+    Csi,
+    /// After `ESC (`, `ESC )` or `ESC #`: one more byte.
+    OneMore,
+}
+
+/// Turns a console byte stream into plain text chunk by chunk: escape
+/// sequences and multi-byte characters split across reads come out
+/// right.
+#[derive(Debug, Default)]
+pub struct PlainText {
+    escape: Escape,
+    /// Bytes of a UTF-8 character not complete yet.
+    partial: Vec<u8>,
+}
+
+impl PlainText {
+    /// The plain text of `chunk`, holding back an incomplete character.
+    pub fn feed(&mut self, chunk: &[u8]) -> String {
+        let mut kept = std::mem::take(&mut self.partial);
+        for &b in chunk {
+            self.escape = match (self.escape, b) {
+                (Escape::None, 0x1b) => Escape::Start,
+                (Escape::None, b'\n' | b'\t') => {
+                    kept.push(b);
+                    Escape::None
                 }
-                // Character-set selection and similar take one more char.
-                Some('(' | ')' | '#') => {
-                    chars.next();
+                (Escape::None, b) if b < 0x20 || b == 0x7f => Escape::None,
+                (Escape::None, b) => {
+                    kept.push(b);
+                    Escape::None
                 }
-                _ => {}
-            },
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => {}
-            c => out.push(c),
+                (Escape::Start, b'[') => Escape::Csi,
+                (Escape::Start, b'(' | b')' | b'#') => Escape::OneMore,
+                (Escape::Start | Escape::OneMore, _) => Escape::None,
+                (Escape::Csi, 0x40..=0x7e) => Escape::None,
+                (Escape::Csi, _) => Escape::Csi,
+            };
         }
+        let valid = match std::str::from_utf8(&kept) {
+            Ok(_) => kept.len(),
+            // An incomplete character at the end waits for the next chunk.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => kept.len(),
+        };
+        self.partial = kept.split_off(valid);
+        String::from_utf8_lossy(&kept).into_owned()
     }
-    out
+
+    /// Whatever is held back (an incomplete character), at end of stream.
+    pub fn finish(&mut self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned()
+    }
 }
 
 /// Whether a console line is berth-init's ready line.
@@ -70,6 +110,18 @@ mod tests {
             "BdsDxe: loading\n"
         );
         assert_eq!(plain_text(b"\x1b(Bok\x1b[0m\ttab\x07"), "ok\ttab");
+    }
+
+    #[test]
+    fn split_escapes_and_characters_survive_chunking() {
+        let raw = "a\x1b[01;02Hé\r\nb\x1b[0m".as_bytes();
+        for cut in 0..raw.len() {
+            let mut p = PlainText::default();
+            let mut text = p.feed(&raw[..cut]);
+            text.push_str(&p.feed(&raw[cut..]));
+            text.push_str(&p.finish());
+            assert_eq!(text, "aé\nb", "cut at {cut}");
+        }
     }
 
     #[test]

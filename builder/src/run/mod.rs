@@ -159,9 +159,7 @@ fn spawn_console_reader(
             let mut out = std::io::stdout().lock();
             // A closed stdout must not stop the draining: QEMU would block.
             let _ = out.write_all(&buf[..n]).and_then(|()| out.flush());
-            if let Some(f) = log.as_mut()
-                && let Err(e) = f.write_all(&buf[..n])
-            {
+            if let Some(Err(e)) = log.as_mut().map(|f| f.write_all(&buf[..n])) {
                 eprintln!("berth: writing the console log: {e}; no longer logging");
                 log = None;
             }
@@ -193,9 +191,7 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    if let Some(config) = &opts.config
-        && !config.is_file()
-    {
+    if let Some(config) = opts.config.as_ref().filter(|c| !c.is_file()) {
         return Err(InputError(format!("--config {} does not exist", config.display())).into());
     }
     let firmware = Firmware::locate()?;

@@ -1,0 +1,123 @@
+//! The harness for tests that boot real Berth images under QEMU.
+//!
+//! - [`Vm`]: boot an image the way `berth run` does (UEFI, virtio disk on a
+//!   throw-away overlay, serial console), wait for console output, type
+//!   commands, run shell commands with their exit codes, power off. Killed
+//!   on drop; on failure the drop prints the QEMU command line and the
+//!   whole console between banners.
+//! - [`image`]: build a test image from a manifest once per content hash,
+//!   shared by every test process (cargo-nextest runs each test in its
+//!   own process), under `target/qemu-images/`.
+//! - [`require_qemu`] / [`skip_unless_qemu!`]: tests say `skipped: why`
+//!   when QEMU or OVMF is missing; `BERTH_REQUIRE_QEMU=1` (CI) makes that
+//!   a failure.
+//!
+//! It has no tests of Berth itself; those live in `tests/`. Timeouts are
+//! sized for TCG (no KVM): a UEFI boot to the ready line takes ~14 s.
+
+use std::process::Command;
+use std::time::Duration;
+
+mod console;
+pub mod fixture;
+pub mod vm;
+
+pub use fixture::{image, try_image, workspace_root};
+pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, Vm, VmOptions};
+
+/// Why a harness step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Preparing or starting the VM failed.
+    #[error("{0}")]
+    Setup(String),
+    /// A file or pipe operation failed.
+    #[error("{action}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Firmware, overlay or accelerator preparation failed.
+    #[error(transparent)]
+    Run(#[from] berth::run::RunError),
+    /// The console did not show what a test waited for.
+    #[error("waiting for {pattern:?}: {why} after {after:.1?}; last console lines:\n{tail}")]
+    Wait {
+        /// The pattern (or event) waited for.
+        pattern: String,
+        /// How long the wait lasted.
+        after: Duration,
+        /// "timed out", "QEMU exited (...)".
+        why: String,
+        /// The end of the console.
+        tail: String,
+    },
+    /// Building a test image failed.
+    #[error("building the test image from {manifest}: {reason}")]
+    Fixture {
+        /// The manifest.
+        manifest: String,
+        /// What went wrong (with the build's output).
+        reason: String,
+    },
+}
+
+impl Error {
+    fn io(action: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io { action, source }
+    }
+}
+
+/// The harness's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why QEMU tests cannot run on this machine (`qemu-system-x86_64`,
+/// `qemu-img` or OVMF missing), or `None` when they can.
+pub fn require_qemu() -> Option<String> {
+    for program in ["qemu-system-x86_64", "qemu-img"] {
+        let works = Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !works {
+            return Some(format!("{program} is not installed (scripts/install-deps)"));
+        }
+    }
+    berth::run::Firmware::locate().err().map(|e| e.to_string())
+}
+
+/// Whether skips are failures: `BERTH_REQUIRE_QEMU=1`, as CI sets it.
+pub fn skips_are_failures() -> bool {
+    std::env::var("BERTH_REQUIRE_QEMU").is_ok_and(|v| v == "1")
+}
+
+/// Reports a skipped test: prints `skipped: <why>`, or panics when
+/// [`skips_are_failures`].
+pub fn skip(why: &str) {
+    assert!(
+        !skips_are_failures(),
+        "BERTH_REQUIRE_QEMU=1, but this test would be skipped: {why}"
+    );
+    println!("skipped: {why}");
+}
+
+/// Returns from the calling test (with the given value, if any) after
+/// reporting a skip when [`require_qemu`] gives a reason.
+#[macro_export]
+macro_rules! skip_unless_qemu {
+    () => {
+        if let Some(why) = $crate::require_qemu() {
+            $crate::skip(&why);
+            return;
+        }
+    };
+    ($ret:expr) => {
+        if let Some(why) = $crate::require_qemu() {
+            $crate::skip(&why);
+            return $ret;
+        }
+    };
+}

@@ -1,0 +1,424 @@
+//! One guest under QEMU, booted the way `berth run` boots it (the same
+//! [`QemuConfig`]), with its console on pipes so a test can wait for
+//! output and type commands.
+//!
+//! The VM is killed when the [`Vm`] is dropped. If the test is panicking
+//! then, or any `Vm` method has returned an error, the drop prints the
+//! QEMU command line, QEMU's stderr and the whole console between banners.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use berth::command::display_cmdline;
+use berth::run::{
+    AccelKind, ConsoleMode, FW_CFG_CONFIG, Firmware, FwCfgFile, KillOnDrop, PortForward,
+    QemuConfig, RebootPolicy,
+};
+use berth_hostapi::READY_PREFIX;
+
+use crate::console::{Console, WaitEnd};
+use crate::{Error, Result};
+
+/// How long a UEFI boot to berth-init's ready line may take: ~14 s under
+/// TCG on a quiet 2-core machine, so this leaves room for a loaded one.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a guest gets to power off.
+pub const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a test wants its VM.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// Guest CPUs.
+    pub cpus: u32,
+    /// Host ports forwarded into the guest.
+    pub publish: Vec<PortForward>,
+    /// A provisioning document for the guest (fw_cfg).
+    pub config: Option<PathBuf>,
+    /// Boot a private copy of the image, kept in the VM's directory, so
+    /// that state survives [`Vm::reboot_from`] (upgrade tests); otherwise
+    /// a throw-away overlay keeps the shared image untouched.
+    pub persistent_copy: bool,
+    /// Guest reboots stay in QEMU (default) or end it.
+    pub reboot: RebootPolicy,
+    /// KVM or TCG; `None`: `$BERTH_ACCEL` (`kvm`/`tcg`), else the probe.
+    pub accel: Option<AccelKind>,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            memory_mib: 1024,
+            cpus: 2,
+            publish: Vec::new(),
+            config: None,
+            persistent_copy: false,
+            reboot: RebootPolicy::Allow,
+            accel: None,
+        }
+    }
+}
+
+/// A running guest.
+pub struct Vm {
+    process: KillOnDrop,
+    stdin: Option<ChildStdin>,
+    console: Arc<Console>,
+    reader: Option<JoinHandle<()>>,
+    cmdline: String,
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    /// Offset in the console text up to which waits have consumed.
+    mark: usize,
+    /// Some method returned an error: dump the console on drop.
+    failed: bool,
+    shell_serial: u32,
+}
+
+fn resolve_accel(requested: Option<AccelKind>) -> AccelKind {
+    if let Some(accel) = requested {
+        return accel;
+    }
+    match std::env::var("BERTH_ACCEL").as_deref() {
+        Ok("kvm") => AccelKind::Kvm,
+        Ok("tcg") => AccelKind::Tcg,
+        _ => {
+            let choice =
+                berth::run::choose_accel(berth::cli::Accel::Auto, Path::new("qemu-system-x86_64"));
+            eprintln!("qemu-tests: {choice}");
+            choice.accel
+        }
+    }
+}
+
+impl Vm {
+    /// Boots `image` (raw or qcow2) and starts draining its console.
+    pub fn boot(image: &Path, options: VmOptions) -> Result<Vm> {
+        let firmware = Firmware::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-vm-")
+            .tempdir()
+            .map_err(Error::io("creating a VM directory"))?;
+        let vars = firmware.copy_vars(dir.path())?;
+        let (disk, format) = if options.persistent_copy {
+            let copy = dir
+                .path()
+                .join(image.file_name().unwrap_or("disk".as_ref()));
+            let out = Command::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(image)
+                .arg(&copy)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => {
+                    return Err(Error::Setup(format!(
+                        "copying {}: {}",
+                        image.display(),
+                        String::from_utf8_lossy(&o.stderr)
+                    )));
+                }
+                Err(e) => return Err(Error::Setup(format!("running cp: {e}"))),
+            }
+            let format = berth::run::detect_format(&copy)?;
+            (copy, format)
+        } else {
+            (
+                berth::run::create_overlay(image, dir.path())?,
+                berth::run::DiskFormat::Qcow2,
+            )
+        };
+        let mut config = QemuConfig::new(
+            resolve_accel(options.accel),
+            &firmware.code,
+            &vars,
+            &disk,
+            format,
+        );
+        config.memory_mib = options.memory_mib;
+        config.cpus = options.cpus;
+        config.publish = options.publish.clone();
+        config.reboot = options.reboot;
+        config.console = ConsoleMode::Pipe;
+        if let Some(file) = &options.config {
+            config.fw_cfg.push(FwCfgFile {
+                name: FW_CFG_CONFIG.into(),
+                file: file.clone(),
+            });
+        }
+        Vm::spawn(config, dir, disk)
+    }
+
+    /// Starts QEMU for `config` (for tests that need a config [`Vm::boot`]
+    /// does not make); `dir` holds its files and the console log.
+    pub fn spawn(config: QemuConfig, dir: tempfile::TempDir, disk: PathBuf) -> Result<Vm> {
+        let mut cmd = config.command();
+        let cmdline = display_cmdline(&cmd);
+        let stderr = std::fs::File::create(dir.path().join("qemu-stderr.log"))
+            .map_err(Error::io("creating the QEMU stderr log"))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Setup(format!("starting `{cmdline}`: {e}")))?;
+        let mut process = KillOnDrop::new(child);
+        let stdin = process.child_mut().stdin.take();
+        let stdout = process
+            .child_mut()
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Setup("QEMU has no stdout pipe".into()))?;
+        let console = Arc::new(Console::default());
+        let reader = console
+            .spawn_reader(stdout, &dir.path().join("console.log"))
+            .map_err(Error::io("creating the console log"))?;
+        Ok(Vm {
+            process,
+            stdin,
+            console,
+            reader: Some(reader),
+            cmdline,
+            dir,
+            disk,
+            mark: 0,
+            failed: false,
+            shell_serial: 0,
+        })
+    }
+
+    /// Records a failure so the drop dumps the console.
+    fn fail<T>(&mut self, e: Error) -> Result<T> {
+        self.failed = true;
+        Err(e)
+    }
+
+    /// Waits for `pattern` in the console after the mark; returns the text
+    /// from the mark through the match and moves the mark past it.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        let started = Instant::now();
+        match self.console.wait_for(pattern, self.mark, timeout) {
+            Ok(end) => {
+                let text = self.console.slice(self.mark, end);
+                self.mark = end;
+                Ok(text)
+            }
+            Err(end) => {
+                let status = self.process.try_wait().ok().flatten();
+                let e = Error::Wait {
+                    pattern: pattern.to_string(),
+                    after: started.elapsed(),
+                    why: match (end, status) {
+                        (WaitEnd::Timeout, _) => "timed out".into(),
+                        (WaitEnd::Closed, Some(s)) => format!("QEMU exited ({s})"),
+                        (WaitEnd::Closed, None) => "QEMU closed the console".into(),
+                    },
+                    tail: self.console.tail(15),
+                };
+                self.fail(e)
+            }
+        }
+    }
+
+    /// Waits for berth-init's ready line and returns it.
+    pub fn wait_for_ready(&mut self, timeout: Duration) -> Result<String> {
+        self.wait_for(READY_PREFIX, timeout)?;
+        let rest = self.wait_for("\n", Duration::from_secs(10))?;
+        Ok(format!("{READY_PREFIX}{}", rest.trim_end()))
+    }
+
+    /// Types `line` and Enter (a carriage return, as a terminal sends it)
+    /// on the serial console.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        let result = match self.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(format!("{line}\r").as_bytes())
+                .and_then(|()| stdin.flush()),
+            None => Err(std::io::Error::other("the console input is closed")),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(Error::Io {
+                action: "writing to the console",
+                source: e,
+            }),
+        }
+    }
+
+    /// Runs `cmd` in the guest's console shell and returns its exit code
+    /// and output (`\r` removed, last newline trimmed). The output is
+    /// framed by markers the echoed command line cannot match.
+    pub fn run_shell(&mut self, cmd: &str, timeout: Duration) -> Result<(i32, String)> {
+        self.shell_serial += 1;
+        let n = self.shell_serial;
+        let (begin, end) = (
+            format!("@@BERTH-BEGIN-{n}@@"),
+            format!("@@BERTH-END-{n}@@ "),
+        );
+        // `''` splits the markers in what the terminal echoes back.
+        self.send_line(&format!(
+            "echo @@BERTH-''BEGIN-{n}@@; {cmd}; echo @@BERTH-''END-{n}@@ $?"
+        ))?;
+        self.wait_for(&format!("{begin}\n"), timeout)?;
+        let output = self.wait_for(&end, timeout)?;
+        let code_line = self.wait_for("\n", Duration::from_secs(10))?;
+        let output = output.strip_suffix(end.as_str()).unwrap_or(&output);
+        let output = output.strip_suffix('\n').unwrap_or(output).to_string();
+        match code_line.trim().parse::<i32>() {
+            Ok(code) => Ok((code, output)),
+            Err(_) => self.fail(Error::Setup(format!(
+                "`{cmd}`: no exit code after the end marker: {code_line:?}"
+            ))),
+        }
+    }
+
+    /// Asks the guest to power off (SIGUSR2 to berth-init, from the
+    /// console shell) and waits for QEMU to exit.
+    pub fn power_off_and_wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.send_line("kill -USR2 1")?;
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for QEMU to exit (guest power-off, or reboot with
+    /// [`RebootPolicy::Exit`]).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        match self.process.wait_until(Instant::now() + timeout) {
+            Ok(Some(status)) => {
+                self.join_reader();
+                Ok(status)
+            }
+            Ok(None) => {
+                let tail = self.console.tail(15);
+                self.fail(Error::Wait {
+                    pattern: "QEMU to exit".into(),
+                    after: timeout,
+                    why: "timed out".into(),
+                    tail,
+                })
+            }
+            Err(e) => self.fail(Error::Io {
+                action: "waiting for QEMU",
+                source: e,
+            }),
+        }
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// The whole console so far, as plain text.
+    pub fn console_text(&self) -> String {
+        self.console.text()
+    }
+
+    /// The raw console log file.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.path().join("console.log")
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// The QEMU command line.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// The disk QEMU writes to (the overlay, or the private copy).
+    pub fn disk(&self) -> &Path {
+        &self.disk
+    }
+
+    /// Stops this VM (if still running) and boots its disk again, keeping
+    /// the private copy or overlay and the UEFI variables; for tests that
+    /// power off and check what the next boot does.
+    pub fn reboot_from(mut self, options: VmOptions) -> Result<Vm> {
+        let _ = self.process.stop(berth::run::process::STOP_GRACE);
+        self.join_reader();
+        let firmware = Firmware::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-vm-")
+            .tempdir()
+            .map_err(Error::io("creating a VM directory"))?;
+        let moved = |name: &str| -> Result<PathBuf> {
+            let to = dir.path().join(name);
+            std::fs::rename(self.dir.path().join(name), &to)
+                .map_err(Error::io("keeping the VM disk"))?;
+            Ok(to)
+        };
+        let vars = moved("OVMF_VARS.fd")?;
+        let disk_name = self.disk.file_name().map(PathBuf::from).unwrap_or_default();
+        let disk = moved(&disk_name.to_string_lossy())?;
+        // An overlay still finds its image: the backing path is absolute.
+        let format = berth::run::detect_format(&disk)?;
+        let mut config = QemuConfig::new(
+            resolve_accel(options.accel),
+            &firmware.code,
+            &vars,
+            &disk,
+            format,
+        );
+        config.memory_mib = options.memory_mib;
+        config.cpus = options.cpus;
+        config.publish = options.publish.clone();
+        config.reboot = options.reboot;
+        if let Some(file) = &options.config {
+            config.fw_cfg.push(FwCfgFile {
+                name: FW_CFG_CONFIG.into(),
+                file: file.clone(),
+            });
+        }
+        // This VM is done; its console was fine (or already reported).
+        self.failed = false;
+        Vm::spawn(config, dir, disk)
+    }
+
+    fn dump(&self) {
+        let banner = |title: &str| {
+            eprintln!(
+                "\n===== {title} {}",
+                "=".repeat(60usize.saturating_sub(title.len()))
+            )
+        };
+        banner("QEMU command line");
+        eprintln!("{}", self.cmdline);
+        banner("QEMU stderr");
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(self.dir.path().join("qemu-stderr.log"))
+                .unwrap_or_default()
+                .trim_end()
+        );
+        banner(&format!("console ({})", self.console_log().display()));
+        eprintln!("{}", self.console.text().trim_end());
+        if let Some(e) = self.console.log_error() {
+            eprintln!("(the console log file is incomplete: {e})");
+        }
+        banner("end of console");
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.process.stop(Duration::from_secs(2));
+        self.join_reader();
+        if self.failed || std::thread::panicking() {
+            self.dump();
+            if std::env::var_os("BERTH_KEEP_VM_DIR").is_some() {
+                self.dir.disable_cleanup(true);
+                eprintln!("kept the VM directory: {}", self.dir.path().display());
+            }
+        }
+    }
+}
