@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use berth::command::display_cmdline;
 use berth::run::{
-    AccelKind, ConsoleMode, FW_CFG_CONFIG, Firmware, FwCfgFile, KillOnDrop, PortForward,
-    QemuConfig, RebootPolicy,
+    AccelKind, ConsoleMode, DiskFormat, FW_CFG_CONFIG, Firmware, FwCfgFile, KillOnDrop,
+    PortForward, QemuConfig, RebootPolicy,
 };
 use berth_hostapi::READY_PREFIX;
 
@@ -49,6 +49,32 @@ pub struct VmOptions {
     pub reboot: RebootPolicy,
     /// KVM or TCG; `None`: `$BERTH_ACCEL` (`kvm`/`tcg`), else the probe.
     pub accel: Option<AccelKind>,
+}
+
+impl VmOptions {
+    /// The QEMU config for these options, console on pipes.
+    fn qemu_config(
+        &self,
+        firmware: &Firmware,
+        vars: &Path,
+        disk: &Path,
+        format: DiskFormat,
+    ) -> QemuConfig {
+        let accel = resolve_accel(self.accel);
+        let mut config = QemuConfig::new(accel, &firmware.code, vars, disk, format);
+        config.memory_mib = self.memory_mib;
+        config.cpus = self.cpus;
+        config.publish = self.publish.clone();
+        config.reboot = self.reboot;
+        config.console = ConsoleMode::Pipe;
+        if let Some(file) = &self.config {
+            config.fw_cfg.push(FwCfgFile {
+                name: FW_CFG_CONFIG.into(),
+                file: file.clone(),
+            });
+        }
+        config
+    }
 }
 
 impl Default for VmOptions {
@@ -131,27 +157,10 @@ impl Vm {
         } else {
             (
                 berth::run::create_overlay(image, dir.path())?,
-                berth::run::DiskFormat::Qcow2,
+                DiskFormat::Qcow2,
             )
         };
-        let mut config = QemuConfig::new(
-            resolve_accel(options.accel),
-            &firmware.code,
-            &vars,
-            &disk,
-            format,
-        );
-        config.memory_mib = options.memory_mib;
-        config.cpus = options.cpus;
-        config.publish = options.publish.clone();
-        config.reboot = options.reboot;
-        config.console = ConsoleMode::Pipe;
-        if let Some(file) = &options.config {
-            config.fw_cfg.push(FwCfgFile {
-                name: FW_CFG_CONFIG.into(),
-                file: file.clone(),
-            });
-        }
+        let config = options.qemu_config(&firmware, &vars, &disk, format);
         Vm::spawn(config, dir, disk)
     }
 
@@ -342,7 +351,8 @@ impl Vm {
 
     /// Stops this VM (if still running) and boots its disk again, keeping
     /// the private copy or overlay and the UEFI variables; for tests that
-    /// power off and check what the next boot does.
+    /// power off and check what the next boot does. `persistent_copy` of
+    /// `options` is ignored: the disk is the one this VM had.
     pub fn reboot_from(mut self, options: VmOptions) -> Result<Vm> {
         let _ = self.process.stop(berth::run::process::STOP_GRACE);
         self.join_reader();
@@ -362,25 +372,7 @@ impl Vm {
         let disk = moved(&disk_name.to_string_lossy())?;
         // An overlay still finds its image: the backing path is absolute.
         let format = berth::run::detect_format(&disk)?;
-        let mut config = QemuConfig::new(
-            resolve_accel(options.accel),
-            &firmware.code,
-            &vars,
-            &disk,
-            format,
-        );
-        config.memory_mib = options.memory_mib;
-        config.cpus = options.cpus;
-        config.publish = options.publish.clone();
-        config.reboot = options.reboot;
-        if let Some(file) = &options.config {
-            config.fw_cfg.push(FwCfgFile {
-                name: FW_CFG_CONFIG.into(),
-                file: file.clone(),
-            });
-        }
-        // This VM is done; its console was fine (or already reported).
-        self.failed = false;
+        let config = options.qemu_config(&firmware, &vars, &disk, format);
         Vm::spawn(config, dir, disk)
     }
 

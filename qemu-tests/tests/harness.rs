@@ -91,3 +91,25 @@ fn dropping_the_vm_kills_qemu() {
         "QEMU still running after drop"
     );
 }
+
+#[test]
+fn a_private_copy_survives_power_off_and_boots_again() {
+    skip_unless_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let image = blank_disk(dir.path());
+    let options = VmOptions {
+        memory_mib: 256,
+        cpus: 1,
+        persistent_copy: true,
+        ..VmOptions::default()
+    };
+    let mut vm = Vm::boot(&image, options.clone()).unwrap();
+    assert_ne!(vm.disk(), image, "the VM runs on its own copy");
+    vm.wait_for("Shell>", Duration::from_secs(120)).unwrap();
+    vm.send_line("reset -s").unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let mut vm = vm.reboot_from(options).unwrap();
+    assert!(vm.disk().is_file());
+    vm.wait_for("UEFI Interactive Shell", Duration::from_secs(120))
+        .unwrap();
+}
