@@ -46,11 +46,19 @@ pub fn normalize(name: &str) -> String {
 }
 
 impl ModuleIndex {
-    /// The directory of the running kernel's modules under `root`.
+    /// The directory of the running kernel's modules under `root`:
+    /// `lib/modules/<release>`, or `usr/lib/modules/<release>` when there is
+    /// no `/lib` link.
     pub fn dir_for_running_kernel(root: &Path) -> PathBuf {
         let uname = rustix::system::uname();
         let release = uname.release().to_string_lossy().into_owned();
-        root.join("lib/modules").join(release)
+        let lib = root.join("lib/modules").join(&release);
+        let usr = root.join("usr/lib/modules").join(&release);
+        if !lib.exists() && usr.exists() {
+            usr
+        } else {
+            lib
+        }
     }
 
     /// Reads `modules.dep` (required) and `modules.alias` (optional) in `dir`.

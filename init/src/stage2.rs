@@ -30,8 +30,9 @@ pub const ESP_MOUNT: &str = "/efi";
 pub const BERTHCTL: &str = "/usr/bin/berthctl";
 /// A trial boot's deadline when the configuration gives none.
 pub const DEFAULT_READY_DEADLINE: Duration = Duration::from_secs(300);
-/// Modules needed for the ESP and efivarfs (not found by coldplug).
-const ESP_MODULES: [&str; 5] = ["efivarfs", "vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
+/// Modules for mounting the ESP (file systems are not found by coldplug);
+/// those the kernel has built in are simply not in modules.dep.
+const ESP_MODULES: [&str; 4] = ["vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
 
 /// Why stage 2 could not bring the host up.
 #[derive(Debug, thiserror::Error)]
@@ -222,8 +223,9 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
         }
     }
     let mut wanted: Vec<String> = config.modules.clone();
+    wanted.extend(ESP_MODULES.iter().map(|s| s.to_string()));
     if Path::new("/sys/firmware/efi").exists() {
-        wanted.extend(ESP_MODULES.iter().map(|s| s.to_string()));
+        wanted.push("efivarfs".into());
     }
     let (mut loaded, mut failed) = modules::load(sys, &index, &wanted, &modules::is_loaded);
     let (l, f) = coldplug::coldplug(sys, &index, Path::new("/sys/devices"), &modules::is_loaded);

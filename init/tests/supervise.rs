@@ -242,6 +242,8 @@ fn stop_timeout_escalates_to_sigkill() -> Result {
     svc.stop_timeout_ms = 500;
     let sup = Supervisor::start(vec![svc])?;
     let first = sup.wait_for_status("stubborn", T, |s| s.state == "ready")?;
+    // The trap is set once it said so.
+    sup.wait_until("the trap", T, || sup.console().contains("[stubborn] up"))?;
     let asked = Instant::now();
     assert_eq!(
         sup.request(&Request::Restart {

@@ -2,12 +2,12 @@
 //! main process), readiness probes, exit (post-stop commands, then restart
 //! with backoff or stay down), stop (signal, timeout, SIGKILL).
 
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use berth_hostapi::config::{Readiness, Restart};
 use rustix::process::{Pid, Signal};
 
+use super::readiness::EXEC_PROBE_INTERVAL;
 use super::service::{AfterStop, State};
 use super::spawn::{self, Output, SpawnSpec, Spawned};
 use super::{Pipe, Role, Supervisor};
@@ -17,12 +17,6 @@ use crate::users;
 
 /// Pre-start and post-stop commands are killed after this long.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
-/// An exec readiness probe is killed after this long.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time between exec probes.
-const EXEC_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// Time between TCP probes.
-const TCP_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Sends `signal` to the process group `pid` leads (services run in their
 /// own session), or to the process alone if the group is gone.
@@ -36,21 +30,26 @@ fn signal_group(pid: i32, signal: Signal) {
 }
 
 impl Supervisor {
-    fn name(&self, i: usize) -> String {
+    pub(super) fn name(&self, i: usize) -> String {
         self.units
             .get(i)
             .map(|u| u.spec.name.clone())
             .unwrap_or_default()
     }
 
-    fn set_state(&mut self, i: usize, state: State) {
+    pub(super) fn set_state(&mut self, i: usize, state: State) {
         if let Some(u) = self.units.get_mut(i) {
             u.state = state;
         }
     }
 
     /// Spawns one process of service `i` (main, hook or probe).
-    fn spawn_for(&mut self, i: usize, argv: &[String], role: Role) -> Result<i32, String> {
+    pub(super) fn spawn_for(
+        &mut self,
+        i: usize,
+        argv: &[String],
+        role: Role,
+    ) -> Result<i32, String> {
         let u = self.units.get(i).ok_or("no such service")?;
         let identity = match &u.spec.user {
             Some(user) => Some(
@@ -517,62 +516,6 @@ impl Supervisor {
                 next_probe,
             } if now >= next_probe => self.probe(i, pid, now),
             _ => {}
-        }
-    }
-
-    fn probe(&mut self, i: usize, pid: i32, now: Instant) {
-        let Some(u) = self.units.get(i) else {
-            return;
-        };
-        if u.probe.is_some() {
-            return;
-        }
-        match u.spec.ready.clone() {
-            Readiness::Tcp { port } => {
-                let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                let ready = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
-                let name = u.spec.name.clone();
-                self.set_state(
-                    i,
-                    State::Running {
-                        pid,
-                        ready,
-                        next_probe: now + TCP_PROBE_INTERVAL,
-                    },
-                );
-                if ready {
-                    crate::say!("{name}: ready (port {port} accepts connections)");
-                }
-            }
-            Readiness::Exec { command } => match self.spawn_for(i, &command, Role::Probe) {
-                Ok(probe) => {
-                    if let Some(u) = self.units.get_mut(i) {
-                        u.probe = Some((probe, now + PROBE_TIMEOUT));
-                    }
-                }
-                Err(why) => {
-                    crate::say!("{}: readiness probe: {why}", self.name(i));
-                    self.set_state(
-                        i,
-                        State::Running {
-                            pid,
-                            ready: false,
-                            next_probe: now + EXEC_PROBE_INTERVAL,
-                        },
-                    );
-                }
-            },
-            // Started is ready at once; Exited becomes ready when it exits.
-            Readiness::Started | Readiness::Exited => {
-                self.set_state(
-                    i,
-                    State::Running {
-                        pid,
-                        ready: u.spec.ready == Readiness::Started,
-                        next_probe: now + Duration::from_secs(3600),
-                    },
-                );
-            }
         }
     }
 

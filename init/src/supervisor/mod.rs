@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod graph;
 mod lifecycle;
 pub mod logs;
+mod readiness;
 pub mod service;
 pub mod spawn;
 
@@ -106,6 +107,16 @@ impl Supervisor {
         opts: Options,
         on_ready: Option<OnReady>,
     ) -> Supervisor {
+        // Names are keys (logs, control socket, `after`): the first wins.
+        let mut specs = specs;
+        let mut seen = std::collections::BTreeSet::new();
+        specs.retain(|s| {
+            let fresh = !s.service.name.is_empty() && seen.insert(s.service.name.clone());
+            if !fresh {
+                crate::say!("ignoring a second service named {:?}", s.service.name);
+            }
+            fresh
+        });
         let services: Vec<Service> = specs.iter().map(|s| s.service.clone()).collect();
         let graph = graph::build(&services);
         for w in &graph.warnings {
