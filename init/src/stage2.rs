@@ -296,7 +296,9 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         crate::say!("{e}");
     }
     network::loopback_up();
-    let dhcp = network::configure(&config.network);
+    // The builder may already list the DHCP client among the services.
+    let dhcp = network::configure(&config.network)
+        .filter(|svc| !config.services.iter().any(|s| s.command == svc.command));
 
     let trial = bless::trial(Path::new(bless::EFIVARS_DIR));
     let ready_deadline = trial.as_ref().map(|t| {

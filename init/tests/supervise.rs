@@ -266,14 +266,22 @@ fn stop_timeout_escalates_to_sigkill() -> Result {
 }
 
 #[test]
-fn pre_start_and_post_stop_run_around_each_run() -> Result {
+fn dirs_pre_start_and_post_stop_run_around_each_run() -> Result {
     let dir = tempfile::tempdir()?;
     let trace = dir.path().join("trace");
     let t = trace.display().to_string();
-    let mut svc = sh("hooked", &format!("echo main >> {t}; sleep 0.2; exit 1"));
+    let volume = dir.path().join("volumes/web");
+    let mut svc = sh(
+        "hooked",
+        &format!(
+            "test -d {} && echo main >> {t}; sleep 0.2; exit 1",
+            volume.display()
+        ),
+    );
     svc.pre_start = vec![vec!["sh".into(), "-c".into(), format!("echo pre >> {t}")]];
     svc.post_stop = vec![vec!["sh".into(), "-c".into(), format!("echo post >> {t}")]];
     svc.restart = Restart::OnFailure;
+    svc.dirs = vec![volume.display().to_string()];
     let mut bad_pre = sh("bad-pre", "echo never-runs");
     bad_pre.pre_start = vec![vec!["false".into()]];
     bad_pre.restart = Restart::Never;
@@ -285,6 +293,10 @@ fn pre_start_and_post_stop_run_around_each_run() -> Result {
     let text = std::fs::read_to_string(&trace)?;
     let lines: Vec<&str> = text.lines().take(6).collect();
     assert_eq!(lines, ["pre", "main", "post", "pre", "main", "post"]);
+    assert!(
+        sup.path("volumes/web").is_dir(),
+        "dirs are made before the start"
+    );
     sup.wait_for_status("bad-pre", T, |s| s.state == "failed")?;
     assert!(!sup.console().contains("[bad-pre] never-runs"));
     assert!(

@@ -2,6 +2,7 @@
 //! main process), readiness probes, exit (post-stop commands, then restart
 //! with backoff or stay down), stop (signal, timeout, SIGKILL).
 
+use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
 use berth_hostapi::config::{Readiness, Restart};
@@ -91,7 +92,8 @@ impl Supervisor {
         Ok(pid)
     }
 
-    /// Starts service `i`: its pre-start commands, then its process.
+    /// Starts service `i`: its directories, its pre-start commands, then
+    /// its process.
     pub(super) fn start(&mut self, i: usize) {
         let Some(u) = self.units.get_mut(i) else {
             return;
@@ -101,6 +103,18 @@ impl Supervisor {
         }
         u.started_once = true;
         u.restart_requested = false;
+        // `dirs`: volume folders, made before every start.
+        for dir in u.spec.dirs.clone() {
+            let made = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir);
+            if let Err(e) = made {
+                crate::say!("{}: creating directory {dir}: {e}", self.name(i));
+                self.failed_start(i);
+                return;
+            }
+        }
         self.run_pre_start(i, 0);
     }
 
