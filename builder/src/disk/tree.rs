@@ -88,7 +88,10 @@ fn walk(
     if rel.as_os_str().as_encoded_bytes().contains(&b'\n') {
         return Err(DiskError::UnsupportedName { path: full });
     }
-    if !meta.is_dir() && meta.nlink() > 1 && !seen_links.insert((meta.dev(), meta.ino())) {
+    // mke2fs -d keeps hard links of regular files only: every name of a
+    // hard-linked symlink (OSTree checkouts link symlink objects too)
+    // becomes an inode of its own, to count and to stamp.
+    if meta.is_file() && meta.nlink() > 1 && !seen_links.insert((meta.dev(), meta.ino())) {
         return Ok(()); // another name of an inode already counted
     }
     scan.data_blocks += xattr_blocks(&full);

@@ -1,0 +1,214 @@
+//! Real validators on a built image, no boot: the partition table
+//! (sfdisk, sgdisk), the ESP (fsck.vfat, and what systemd-boot needs on
+//! it), the root (e2fsck), the OSTree repositories (ostree fsck on the
+//! build's archive repo and on the image's own), and the sysroot as
+//! `ostree admin status` sees it. Plus: two builds with the same
+//! SOURCE_DATE_EPOCH give the same bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_qemu_tests::{fixture, image};
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+/// (start, size) in bytes of partition `n` (1-based), from sfdisk's JSON.
+fn partition(image: &Path, n: usize) -> (u64, u64) {
+    let json = run(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let p = &v["partitiontable"]["partitions"][n - 1];
+    let sector = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    (
+        p["start"].as_u64().unwrap() * sector,
+        p["size"].as_u64().unwrap() * sector,
+    )
+}
+
+fn extract(image: &Path, (start, size): (u64, u64), out: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::File::open(image).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut o = std::fs::File::create(out).unwrap();
+    let mut left = size;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = f.read(&mut buf[..left.min(1 << 20) as usize]).unwrap();
+        assert!(n > 0);
+        o.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+/// debugfs's rdump sets the mode before the owner, and chown clears
+/// set-uid/set-gid bits: put them back on the repo's objects (their
+/// checksums cover the mode), reading the modes with `ls -p`.
+fn restore_setid_bits(fs: &Path, objects: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let script: String = (0..=255)
+        .map(|i| format!("ls -p /ostree/repo/objects/{i:02x}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cmds = dir.path().join("cmds");
+    std::fs::write(&cmds, script).unwrap();
+    let listing = run(Command::new("debugfs").arg("-f").arg(&cmds).arg(fs));
+    let mut current = String::new();
+    let mut fixed = 0;
+    for line in listing.lines() {
+        if let Some(d) = line.strip_prefix("debugfs: ls -p /ostree/repo/objects/") {
+            current = d.trim().to_string();
+            continue;
+        }
+        // /inode/mode/uid/gid/name/size/
+        let f: Vec<&str> = line.split('/').collect();
+        if f.len() < 6 {
+            continue;
+        }
+        let Ok(mode) = u32::from_str_radix(f[2], 8) else {
+            continue;
+        };
+        if mode & 0o6000 != 0 && mode & 0o170000 == 0o100000 {
+            let path = objects.join(&current).join(f[5]);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+                .unwrap();
+            fixed += 1;
+        }
+    }
+    assert!(
+        fixed > 0 || !listing.contains("04755"),
+        "found set-id objects but fixed none"
+    );
+}
+
+fn minimal() -> PathBuf {
+    image(Path::new("manifests/minimal.toml"))
+}
+
+#[test]
+fn partition_table_is_valid_gpt_with_discoverable_types() {
+    let img = minimal();
+    run(Command::new("sfdisk").arg("--verify").arg(&img));
+    let v = run(Command::new("sgdisk").arg("-v").arg(&img));
+    assert!(v.contains("No problems found"), "{v}");
+    let json: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&img))).unwrap();
+    let parts = json["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(json["partitiontable"]["label"], "gpt");
+    assert_eq!(
+        parts[0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+        "ESP type"
+    );
+    assert_eq!(
+        parts[1]["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        "root x86-64 type"
+    );
+    for p in parts {
+        assert_eq!(p["start"].as_u64().unwrap() % 2048, 0, "1 MiB aligned");
+    }
+}
+
+#[test]
+fn esp_passes_fsck_and_holds_systemd_boot_and_one_entry() {
+    let img = minimal();
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp.img");
+    extract(&img, partition(&img, 1), &esp);
+    run(Command::new("fsck.vfat").arg("-n").arg(&esp));
+    let bootx = run(Command::new("mdir").arg("-i").arg(&esp).arg("::/EFI/BOOT"));
+    assert!(bootx.contains("BOOTX64"), "{bootx}");
+    let entries = run(Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(&esp)
+        .arg("::/loader/entries"));
+    let names: Vec<&str> = entries.lines().filter(|l| l.ends_with(".conf")).collect();
+    assert_eq!(names.len(), 1, "{entries}");
+    let entry = run(Command::new("mtype")
+        .arg("-i")
+        .arg(&esp)
+        .arg(format!("::{}", names[0].trim_start_matches("::"))));
+    assert!(entry.contains("linux /berth/"), "{entry}");
+    assert!(
+        entry.contains("ostree=/ostree/deploy/berth/deploy/"),
+        "{entry}"
+    );
+    assert!(entry.contains("root=PARTUUID="), "{entry}");
+    let conf = run(Command::new("mtype")
+        .arg("-i")
+        .arg(&esp)
+        .arg("::/loader/loader.conf"));
+    assert!(!conf.contains("default"), "{conf}");
+}
+
+#[test]
+fn root_passes_e2fsck_and_its_repo_and_sysroot_check_out() {
+    let img = minimal();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.img");
+    extract(&img, partition(&img, 2), &root);
+    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&root));
+    // Copy the file system out without mounting it.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    for top in ["/ostree", "/boot"] {
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump {top} {}", tree.display()))
+            .arg(&root));
+    }
+    restore_setid_bits(&root, &tree.join("ostree/repo/objects"));
+    let fsck = run(Command::new("ostree")
+        .arg("fsck")
+        .arg(format!("--repo={}", tree.join("ostree/repo").display())));
+    assert!(!fsck.contains("corrupted"), "{fsck}");
+    let status = run(Command::new("ostree")
+        .args(["admin", "status"])
+        .arg(format!("--sysroot={}", tree.display())));
+    assert!(status.contains("berth "), "{status}");
+    assert!(status.contains("Version: 1.0.0"), "{status}");
+    let build_repo = img.parent().unwrap().join("repo");
+    let fsck = run(Command::new("ostree")
+        .arg("fsck")
+        .arg(format!("--repo={}", build_repo.display())));
+    assert!(!fsck.contains("corrupted"), "{fsck}");
+    let refs = run(Command::new("ostree")
+        .arg("refs")
+        .arg(format!("--repo={}", build_repo.display())));
+    assert!(refs.lines().any(|r| r == "berth/minimal/x86_64"), "{refs}");
+}
+
+#[test]
+fn same_inputs_give_the_same_image_bytes() {
+    // Make sure the package tree is cached, then build twice into two
+    // fresh output directories with a fixed SOURCE_DATE_EPOCH.
+    let _ = minimal();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = fixture::workspace_root().join("manifests/minimal.toml");
+    let mut sums = Vec::new();
+    for n in ["a", "b"] {
+        let out = dir.path().join(n);
+        run(Command::new(fixture::berth_bin())
+            .arg("build")
+            .arg(&manifest)
+            .arg("--output")
+            .arg(&out)
+            .env("SOURCE_DATE_EPOCH", "1700000000"));
+        let sum = run(Command::new("sha256sum").arg(out.join("minimal.raw")));
+        sums.push(sum.split_whitespace().next().unwrap().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(sums[0], sums[1], "two builds of the same inputs differ");
+}
