@@ -39,6 +39,9 @@ pub struct VmOptions {
     pub cpus: u32,
     /// Host ports forwarded into the guest.
     pub publish: Vec<PortForward>,
+    /// Guest connections to 10.0.2.100:`guest` reach the host's
+    /// 127.0.0.1:`host` (an update server on a free port).
+    pub guest_forwards: Vec<PortForward>,
     /// A provisioning document for the guest (fw_cfg).
     pub config: Option<PathBuf>,
     /// Boot a private copy of the image, kept in the VM's directory, so
@@ -65,6 +68,7 @@ impl VmOptions {
         config.memory_mib = self.memory_mib;
         config.cpus = self.cpus;
         config.publish = self.publish.clone();
+        config.guest_forwards = self.guest_forwards.clone();
         config.reboot = self.reboot;
         config.console = ConsoleMode::Pipe;
         if let Some(file) = &self.config {
@@ -83,6 +87,7 @@ impl Default for VmOptions {
             memory_mib: 1024,
             cpus: 2,
             publish: Vec::new(),
+            guest_forwards: Vec::new(),
             config: None,
             persistent_copy: false,
             reboot: RebootPolicy::Allow,

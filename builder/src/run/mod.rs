@@ -31,8 +31,8 @@ pub mod qemu;
 pub use accel::{AccelChoice, choose as choose_accel};
 pub use process::KillOnDrop;
 pub use qemu::{
-    AccelKind, ConsoleMode, DiskFormat, FW_CFG_CONFIG, FwCfgFile, PortForward, QemuConfig,
-    RebootPolicy,
+    AccelKind, ConsoleMode, DiskFormat, FW_CFG_CONFIG, FwCfgFile, GUEST_FORWARD_ADDR, PortForward,
+    QemuConfig, RebootPolicy,
 };
 
 /// Where Debian's `ovmf` package puts the firmware.

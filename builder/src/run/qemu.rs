@@ -124,6 +124,10 @@ pub struct FwCfgFile {
     pub file: PathBuf,
 }
 
+/// The address in QEMU's user network that [`QemuConfig::guest_forwards`]
+/// listen on, inside the guest.
+pub const GUEST_FORWARD_ADDR: &str = "10.0.2.100";
+
 /// Everything that goes on a QEMU command line for a Berth guest: q35,
 /// UEFI (OVMF code read-only, a private copy of the variables), one
 /// virtio disk, user networking, serial console on stdio.
@@ -150,6 +154,10 @@ pub struct QemuConfig {
     pub network: bool,
     /// Host ports forwarded into the guest.
     pub publish: Vec<PortForward>,
+    /// Guest connections to [`GUEST_FORWARD_ADDR`]`:guest` forwarded to
+    /// the host's 127.0.0.1`:host` (an update server a test runs on a
+    /// free port, while the image names one fixed address).
+    pub guest_forwards: Vec<PortForward>,
     /// Files for the guest's fw_cfg.
     pub fw_cfg: Vec<FwCfgFile>,
     /// Terminal or pipes.
@@ -181,6 +189,7 @@ impl QemuConfig {
             disk_format,
             network: true,
             publish: Vec::new(),
+            guest_forwards: Vec::new(),
             fw_cfg: Vec::new(),
             console: ConsoleMode::Pipe,
             reboot: RebootPolicy::Allow,
@@ -221,6 +230,12 @@ impl QemuConfig {
             let mut netdev = String::from("user,id=n0");
             for p in &self.publish {
                 netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest));
+            }
+            for f in &self.guest_forwards {
+                netdev.push_str(&format!(
+                    ",guestfwd=tcp:{GUEST_FORWARD_ADDR}:{}-tcp:127.0.0.1:{}",
+                    f.guest, f.host
+                ));
             }
             a.push("-netdev").push(netdev);
             a.push("-device").push("virtio-net-pci,netdev=n0");
@@ -349,6 +364,17 @@ mod tests {
         let mut c = config();
         c.network = false;
         assert!(!line(&c).contains("netdev"));
+    }
+
+    #[test]
+    fn guest_forwards_reach_host_loopback() {
+        let mut c = config();
+        c.guest_forwards = vec!["18080:8080".parse().unwrap()];
+        assert!(
+            line(&c).contains("-netdev user,id=n0,guestfwd=tcp:10.0.2.100:8080-tcp:127.0.0.1:18080"),
+            "{}",
+            line(&c)
+        );
     }
 
     #[test]
