@@ -178,7 +178,7 @@ pub fn wait_for_root(
     spec: &RootSpec,
     timeout: Duration,
 ) -> Result<Found, RootTimeout> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::clock::from_now(timeout);
     loop {
         let result = match spec {
             RootSpec::PartUuid(uuid) => find_partuuid(paths, uuid),

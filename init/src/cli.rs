@@ -21,7 +21,7 @@ supervise runs the services of a host configuration (JSON, as in
 /usr/lib/berth/host.json) as an ordinary process: no mounts, no reboot.
 It is a child subreaper, logs to DIR/<service>.log (default ./berth-logs),
 serves the control protocol on PATH when given, and exits 0 after stopping
-every service on SIGTERM, SIGINT or a shutdown request.";
+every service on SIGTERM, SIGINT, SIGUSR1, SIGUSR2 or a shutdown request.";
 
 /// Options of `supervise`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,7 @@
 pub mod bless;
 pub mod blockdev;
 pub mod cli;
+pub mod clock;
 pub mod cmdline;
 pub mod coldplug;
 pub mod console;

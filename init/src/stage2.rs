@@ -252,9 +252,7 @@ fn find_esp(cmdline: &Cmdline) -> Option<PathBuf> {
 
 /// Converts "ready within `deadline` of boot" into an Instant.
 fn deadline_from_boot(deadline: Duration) -> Instant {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    let since_boot = Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.max(0) as u32);
-    Instant::now() + deadline.saturating_sub(since_boot)
+    crate::clock::from_now(deadline.saturating_sub(crate::clock::since_boot()))
 }
 
 /// Everything before the supervisor; returns it ready to run.

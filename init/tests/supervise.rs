@@ -457,3 +457,27 @@ fn sigterm_stops_everything_and_exits_zero() -> Result {
     }
     Ok(())
 }
+
+#[test]
+fn absurd_numbers_in_the_configuration_do_not_crash_it() -> Result {
+    let mut slow = sh("slow-backoff", "exit 1");
+    slow.backoff_initial_ms = u64::MAX;
+    slow.backoff_max_ms = u64::MAX;
+    slow.required = false;
+    let mut patient = sh("patient", "exec sleep 1000");
+    patient.stop_timeout_ms = u64::MAX;
+    let mut sup = Supervisor::start(vec![slow, patient])?;
+    sup.wait_for_status("slow-backoff", T, |s| s.state == "backoff")?;
+    // A restart request skips the (capped, huge) delay.
+    assert_eq!(
+        sup.request(&Request::Restart {
+            name: "slow-backoff".into()
+        })?,
+        [Response::Ok]
+    );
+    sup.wait_for_status("slow-backoff", T, |s| s.restarts == 1)?;
+    let status = sup.terminate()?;
+    assert!(status.success(), "{}", sup.console());
+    assert!(sup.console().contains("patient: stopped (signal 15)"));
+    Ok(())
+}

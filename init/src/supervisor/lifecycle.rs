@@ -12,6 +12,7 @@ use super::readiness::EXEC_PROBE_INTERVAL;
 use super::service::{AfterStop, State};
 use super::spawn::{self, Output, SpawnSpec, Spawned};
 use super::{Pipe, Role, Supervisor};
+use crate::clock;
 use crate::reaper::Exit;
 use crate::signals;
 use crate::users;
@@ -385,7 +386,7 @@ impl Supervisor {
         u.state = match then {
             AfterStop::Restart(_) if shutting_down => State::Stopped,
             AfterStop::Restart(delay) => State::Backoff {
-                until: Instant::now() + delay,
+                until: clock::from_now(delay),
             },
             AfterStop::Exited => State::Exited,
             AfterStop::Failed => State::Failed,
@@ -422,7 +423,7 @@ impl Supervisor {
                 signal_group(pid, signal);
                 u.state = State::Stopping {
                     pid,
-                    deadline: now + Duration::from_millis(u.spec.stop_timeout_ms),
+                    deadline: clock::after(now, Duration::from_millis(u.spec.stop_timeout_ms)),
                     killed: false,
                 };
             }

@@ -382,8 +382,7 @@ impl Supervisor {
             .all(Unit::is_ready);
         if all_ready && self.shutdown.is_none() {
             self.ready_announced = true;
-            let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-            let secs = boot.tv_sec as f64 + boot.tv_nsec as f64 / 1e9;
+            let secs = crate::clock::since_boot().as_secs_f64();
             let line = berth_hostapi::ready_line(
                 &self.opts.image,
                 &self.opts.version,

@@ -188,7 +188,7 @@ impl Sys for RealSys {
     }
 
     fn wait_all_children(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::clock::from_now(timeout);
         loop {
             match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some(_)) => continue,
