@@ -31,6 +31,7 @@ pub mod gpt;
 pub mod modules;
 pub mod mounts;
 pub mod network;
+pub mod powerbutton;
 pub mod prepare_root;
 pub mod reaper;
 pub mod shutdown;

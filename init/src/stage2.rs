@@ -337,7 +337,12 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         n_services: config.services.len(),
         ready_deadline,
     };
-    Ok(Supervisor::new(specs, signals, opts, Some(on_ready)))
+    let mut supervisor = Supervisor::new(specs, signals, opts, Some(on_ready));
+    supervisor.watch_power_buttons(crate::powerbutton::open_all(
+        Path::new("/sys/class/input"),
+        Path::new("/dev"),
+    ));
+    Ok(supervisor)
 }
 
 /// Runs stage 2; never returns.

@@ -97,6 +97,7 @@ pub struct Supervisor {
     shutdown: Option<ShutdownAction>,
     ready_announced: bool,
     on_ready: Option<OnReady>,
+    power_buttons: Vec<std::fs::File>,
 }
 
 impl Supervisor {
@@ -154,6 +155,30 @@ impl Supervisor {
             shutdown: None,
             ready_announced: false,
             on_ready,
+            power_buttons: Vec::new(),
+        }
+    }
+
+    /// Powers off cleanly when one of these input devices reports a
+    /// power-button press (see [`crate::powerbutton`]).
+    pub fn watch_power_buttons(&mut self, devices: Vec<std::fs::File>) {
+        self.power_buttons = devices;
+    }
+
+    fn handle_power_buttons(&mut self) {
+        let mut pressed = false;
+        let mut buf = [0u8; crate::powerbutton::EVENT_SIZE * 16];
+        for dev in &self.power_buttons {
+            while let Ok(n) = rustix::io::read(dev, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                pressed |= crate::powerbutton::pressed(buf.get(..n).unwrap_or_default());
+            }
+        }
+        if pressed {
+            crate::say!("power button pressed");
+            self.begin_shutdown(ShutdownAction::Poweroff);
         }
     }
 
@@ -163,6 +188,7 @@ impl Supervisor {
         loop {
             let now = Instant::now();
             self.handle_signals();
+            self.handle_power_buttons();
             self.read_pipes();
             for (pid, exit) in reaper::reap_all() {
                 self.on_exit(pid, exit);
@@ -207,6 +233,9 @@ impl Supervisor {
         }
         for p in &self.pipes {
             fds.push(PollFd::new(&p.fd, PollFlags::IN));
+        }
+        for dev in &self.power_buttons {
+            fds.push(PollFd::new(dev, PollFlags::IN));
         }
         let ts = Timespec {
             tv_sec: timeout.as_secs() as i64,
