@@ -263,18 +263,27 @@ pub fn disk_layout(m: &Manifest, commit: &str, timestamp: u64) -> disk::DiskLayo
     }
 }
 
-/// The kernel command line of the image's deployments (libostree keeps it
-/// and upgrades inherit it): the root partition, the serial console, and
-/// `panic=10` so a kernel panic reboots and counts as a failed try.
-pub fn kernel_args(m: &Manifest, root_part: &uuid::Uuid) -> Vec<String> {
+/// The kernel arguments an image asks for (all but the root partition,
+/// which belongs to the disk): the serial console, `panic=10` so a kernel
+/// panic reboots and counts as a failed try, and the manifest's own. They
+/// are written into the OS tree (`/usr/lib/berth/kargs`) so an upgrade
+/// applies the new version's arguments.
+pub fn image_kargs(m: &Manifest) -> Vec<String> {
     let mut args = vec![
-        format!("root=PARTUUID={root_part}"),
         "rw".to_string(),
         "console=tty0".to_string(),
         "console=ttyS0,115200".to_string(),
         "panic=10".to_string(),
     ];
     args.extend(m.kernel.cmdline.iter().cloned());
+    args
+}
+
+/// The kernel command line of the image's first deployment (libostree
+/// keeps it with the deployment).
+pub fn kernel_args(m: &Manifest, root_part: &uuid::Uuid) -> Vec<String> {
+    let mut args = vec![format!("root=PARTUUID={root_part}")];
+    args.extend(image_kargs(m));
     args
 }
 

@@ -16,6 +16,10 @@ pub mod control;
 /// service is ready. Stable: tests and tools match on it.
 pub const READY_PREFIX: &str = "berth-init: ready";
 
+/// The kernel arguments an image asks for (all but `root=`, which belongs
+/// to the disk), one line; an upgrade applies the new version's.
+pub const KARGS_PATH: &str = "/usr/lib/berth/kargs";
+
 /// Where the OS tree keeps Berth's own files (init, host config, containers).
 pub const BERTH_LIB_DIR: &str = "/usr/lib/berth";
 

@@ -63,7 +63,7 @@ pub fn run(root: &Path) -> anyhow::Result<Finding> {
         Some(Assessment::Bad) => {
             record_failed(root, &default.checksum)?;
             // Drop the failed deployment: a rollback to it would fail again.
-            let mut order = vec![booted_raw.clone()];
+            let mut order = vec![Clone::clone(&booted_raw)];
             order.extend(
                 raw.iter()
                     .filter(|d| !d.equal(&booted_raw) && d.csum().as_str() != default.checksum)
@@ -81,7 +81,7 @@ pub fn run(root: &Path) -> anyhow::Result<Finding> {
             })
         }
         None => {
-            let mut order = vec![booted_raw.clone()];
+            let mut order = vec![Clone::clone(&booted_raw)];
             order.extend(raw.iter().filter(|d| !d.equal(&booted_raw)).cloned());
             host.reorder(&order)?;
             println!(

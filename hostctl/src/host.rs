@@ -14,6 +14,9 @@ pub const ESP: &str = "/efi";
 /// does not offer them again unless forced.
 pub const FAILED_COMMITS: &str = "/var/lib/berth/failed-commits";
 
+/// How long a verb waits for another one holding the sysroot lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A loaded sysroot holding libostree's lock (released on drop).
 pub struct Host {
     /// The libostree sysroot.
@@ -23,12 +26,25 @@ pub struct Host {
 }
 
 impl Host {
-    /// Opens and locks the sysroot at `root`; fails at once when another
-    /// berthctl (or ostree) holds the lock.
+    /// Opens and locks the sysroot at `root`. When another berthctl (or
+    /// ostree) holds the lock, waits up to [`LOCK_WAIT`] for it (the boot
+    /// check holds it briefly at every boot), then gives up.
     pub fn open_locked(root: &Path) -> anyhow::Result<Host> {
         let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(root)));
-        if !sysroot.try_lock().context("taking the sysroot lock")? {
-            bail!("another upgrade or rollback is running (the sysroot lock is taken)");
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut said = false;
+        while !sysroot.try_lock().context("taking the sysroot lock")? {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "another upgrade or rollback is running (the sysroot lock is still taken after {}s)",
+                    LOCK_WAIT.as_secs()
+                );
+            }
+            if !said {
+                eprintln!("berthctl: waiting for another berthctl to finish (sysroot lock)");
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
         sysroot
             .load(gio::Cancellable::NONE)
@@ -70,6 +86,10 @@ impl Host {
 
     /// Writes a new deployment order without libostree's own cleanup (the
     /// ESP must be written first), then syncs the ESP and cleans.
+    ///
+    /// `order` must hold the very objects libostree handed out (it finds
+    /// the booted deployment by pointer): copy them with `Clone::clone`
+    /// (a new reference), never `Deployment::clone` (a new object).
     pub fn reorder(&self, order: &[ostree::Deployment]) -> anyhow::Result<()> {
         let opts = ostree::SysrootWriteDeploymentsOpts {
             do_postclean: false,

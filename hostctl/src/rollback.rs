@@ -22,13 +22,13 @@ pub fn run(root: &Path) -> anyhow::Result<String> {
     } else {
         bail!("there is no other deployment to roll back to");
     };
-    let mut order = vec![deployments[target].clone()];
+    let mut order = vec![Clone::clone(&deployments[target])];
     order.extend(
         deployments
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != target)
-            .map(|(_, d)| d.clone()),
+            .map(|(_, d)| Clone::clone(d)),
     );
     host.reorder(&order)?;
     let info = host.deployments()?;

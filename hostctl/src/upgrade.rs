@@ -126,9 +126,18 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
 
     check_space(root, &repo, &new)?;
     let none = gio::Cancellable::NONE;
-    let deploy_opts = ostree::SysrootDeployTreeOpts::default();
-    // override_kernel_argv = None: the kernel arguments come from the
-    // booted deployment; libostree merges its /etc into the new one.
+    // The root partition stays the booted one's; the rest comes from the
+    // new version (an image without its kargs file inherits them all).
+    // libostree merges the booted deployment's /etc into the new one.
+    let kargs = new_kargs(&repo, &new, &booted)?;
+    let kargs_ref: Option<Vec<&str>> = kargs
+        .as_ref()
+        .map(|k| k.iter().map(String::as_str).collect());
+    let deploy_opts = ostree::SysrootDeployTreeOpts {
+        override_kernel_argv: kargs_ref.as_deref(),
+        ..Default::default()
+    };
+    eprintln!("berthctl: deploying {version} ({})", short(&new));
     let deployment = host
         .sysroot
         .deploy_tree_with_options(
@@ -150,6 +159,7 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         )
         .context("writing the deployment list")?;
     let id = format!("{}.{}", deployment.csum(), deployment.deployserial());
+    eprintln!("berthctl: writing the ESP");
     host.sync_esp_and_clean(Some(&id))?;
     println!(
         "berthctl: deployed {version} ({}): fetched {} in {:.1}s; it boots next, on trial",
@@ -164,6 +174,40 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         },
         ExitCode::SUCCESS,
     ))
+}
+
+/// The kernel arguments of a new deployment of `commit`: the booted
+/// deployment's `root=` plus the commit's own arguments file; `None`
+/// (inherit everything) when the commit has no such file.
+fn new_kargs(
+    repo: &ostree::Repo,
+    commit: &str,
+    booted: &ostree::Deployment,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let (tree, _) = repo
+        .read_commit(commit, gio::Cancellable::NONE)
+        .context("reading the new commit")?;
+    let file = tree.resolve_relative_path(berth_hostapi::KARGS_PATH.trim_start_matches('/'));
+    let Ok((bytes, _)) = file.load_contents(gio::Cancellable::NONE) else {
+        return Ok(None);
+    };
+    let root: Vec<String> = booted
+        .bootconfig()
+        .and_then(|b| b.get("options"))
+        .map(|o| {
+            o.split_whitespace()
+                .filter(|a| a.starts_with("root="))
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut args = root;
+    args.extend(
+        String::from_utf8_lossy(&bytes)
+            .split_whitespace()
+            .map(String::from),
+    );
+    Ok(Some(args))
 }
 
 /// The `version` metadata of a commit.

@@ -20,9 +20,11 @@ use std::time::Duration;
 
 mod console;
 pub mod fixture;
+pub mod updates;
 pub mod vm;
 
 pub use fixture::{image, try_image, workspace_root};
+pub use updates::UpdateServer;
 pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, Vm, VmOptions};
 
 /// Why a harness step failed.

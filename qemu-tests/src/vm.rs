@@ -283,7 +283,8 @@ impl Vm {
         let output = self.wait_for(&end, timeout)?;
         let code_line = self.wait_for("\n", Duration::from_secs(10))?;
         let output = output.strip_suffix(end.as_str()).unwrap_or(&output);
-        let output = output.strip_suffix('\n').unwrap_or(output).to_string();
+        let output = output.strip_suffix('\n').unwrap_or(output);
+        let output = without_console_noise(output);
         match code_line.trim().parse::<i32>() {
             Ok(code) => Ok((code, output)),
             Err(_) => self.fail(Error::Setup(format!(
@@ -417,5 +418,47 @@ impl Drop for Vm {
                 eprintln!("kept the VM directory: {}", self.dir.path().display());
             }
         }
+    }
+}
+
+/// Drops the lines other writers put on the console while a shell command
+/// ran: berth-init's own (`berth-init: ...`), services' (`[name] ...`) and
+/// the kernel's (`[   12.345678] ...`).
+pub fn without_console_noise(output: &str) -> String {
+    output
+        .lines()
+        .filter(|line| !is_noise(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_noise(line: &str) -> bool {
+    if line.starts_with("berth-init: ") {
+        return true;
+    }
+    let Some(rest) = line.strip_prefix('[') else {
+        return false;
+    };
+    let Some((tag, _)) = rest.split_once("] ") else {
+        return false;
+    };
+    let kernel = tag.trim().split_once('.').is_some_and(|(s, us)| {
+        s.chars().all(|c| c.is_ascii_digit()) && us.chars().all(|c| c.is_ascii_digit())
+    });
+    let service = !tag.is_empty()
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    kernel || service
+}
+
+#[cfg(test)]
+mod noise_tests {
+    use super::*;
+
+    #[test]
+    fn service_kernel_and_init_lines_are_noise() {
+        let out = "berth-init: boot is good\n[heartbeat] v2 up\n[    4.559878]  vda: vda1\nVERSION_ID=2.0.0\n[not noise";
+        assert_eq!(without_console_noise(out), "VERSION_ID=2.0.0\n[not noise");
     }
 }

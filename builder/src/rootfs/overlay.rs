@@ -88,6 +88,12 @@ pub fn write(
 
     put("usr/lib/os-release", os_release(m).as_bytes(), 0o644)?;
     put("usr/lib/berth/host.json", host.to_json().as_bytes(), 0o644)?;
+    let kargs = crate::build::image_kargs(m).join(" ") + "\n";
+    put(
+        berth_hostapi::KARGS_PATH.trim_start_matches('/'),
+        kargs.as_bytes(),
+        0o644,
+    )?;
     put("usr/lib/berth/berth-init", &read(&bins.init)?, 0o755)?;
     put("usr/bin/berthctl", &read(&bins.berthctl)?, 0o755)?;
     let list: String = packages

@@ -1,0 +1,129 @@
+//! Update servers for upgrade tests: a copy of a test image's OSTree
+//! repository, new versions built on top of it (so they get a parent and
+//! a static delta), served over HTTP by `berth serve` on a free port that
+//! the guest reaches as 10.0.2.100:8080 (a QEMU guest forward).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::run::PortForward;
+
+use crate::fixture::{berth_bin, workspace_root};
+use crate::{Error, Result};
+
+/// The port the test images' `[update] url` names on 10.0.2.100.
+pub const UPDATE_PORT: u16 = 8080;
+
+/// An update repository being served; the server stops on drop.
+pub struct UpdateServer {
+    /// The repository (a private copy).
+    pub repo: PathBuf,
+    /// Where `berth build` puts the images of new versions.
+    pub out: PathBuf,
+    /// The host port it listens on.
+    pub port: u16,
+    server: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl UpdateServer {
+    /// Copies the repository next to `image` (a fixture's `repo/`) and
+    /// serves it.
+    pub fn start(image: &Path) -> Result<UpdateServer> {
+        let dir = tempfile::tempdir().map_err(Error::io("creating the update directory"))?;
+        let repo = dir.path().join("repo");
+        let source = image
+            .parent()
+            .map(|p| p.join("repo"))
+            .ok_or_else(|| Error::Setup("the image has no directory".into()))?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&source)
+            .arg(&repo)
+            .status()
+            .map_err(Error::io("copying the repository"))?;
+        if !status.success() {
+            return Err(Error::Setup(format!("cp -a {} failed", source.display())));
+        }
+        let port = free_port()?;
+        let server = Command::new(berth_bin())
+            .arg("serve")
+            .arg(&repo)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--quiet")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(Error::io("starting berth serve"))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Setup(format!(
+                    "berth serve did not listen on {port}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = dir.path().join("out");
+        Ok(UpdateServer {
+            repo,
+            out,
+            port,
+            server,
+            _dir: dir,
+        })
+    }
+
+    /// Builds `manifest` (relative to the workspace) into the served
+    /// repository, as the next commit of its ref. Returns the build output.
+    pub fn publish(&self, manifest: &Path) -> Result<String> {
+        let manifest = workspace_root().join(manifest);
+        let out = Command::new(berth_bin())
+            .arg("build")
+            .arg(&manifest)
+            .arg("--output")
+            .arg(&self.out)
+            .arg("--repo")
+            .arg(&self.repo)
+            .output()
+            .map_err(Error::io("running berth build"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(Error::Fixture {
+                manifest: manifest.display().to_string(),
+                reason: text,
+            });
+        }
+        Ok(text)
+    }
+
+    /// The forward that makes the guest's 10.0.2.100:8080 this server.
+    pub fn forward(&self) -> PortForward {
+        PortForward {
+            host: self.port,
+            guest: UPDATE_PORT,
+        }
+    }
+}
+
+impl Drop for UpdateServer {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(Error::io("finding a free port"))?;
+    let port = l
+        .local_addr()
+        .map_err(Error::io("finding a free port"))?
+        .port();
+    Ok(port)
+}
