@@ -117,6 +117,7 @@ impl PackageRequest {
             .chain(std::iter::once(self.components.join(",")))
             .chain(std::iter::once(sorted.join(",")))
             .chain(std::iter::once(self.extra_modules.join(",")))
+            .chain(std::iter::once(crate::rootfs::kmods::DEFAULT_MODULES.join(",")))
         {
             h.update(part.as_bytes());
             h.update([0]);

@@ -11,7 +11,7 @@ use crate::command::{self, CommandError};
 /// Modules every image keeps: virtual and common real storage and network
 /// drivers, the file systems Berth uses (ext4 root, vfat ESP, efivarfs,
 /// ISO 9660 provisioning seeds, overlay), fw_cfg provisioning, and what
-/// containers need (veth, bridge).
+/// containers need (veth, bridge), and the ACPI power button (button, evdev).
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
