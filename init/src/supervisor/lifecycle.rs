@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use berth_hostapi::config::{Readiness, Restart};
 use rustix::process::{Pid, Signal};
 
-use super::readiness::EXEC_PROBE_INTERVAL;
+use super::readiness::{EXEC_PROBE_INTERVAL, STARTED_SETTLE};
 use super::service::{AfterStop, State};
 use super::spawn::{self, Output, SpawnSpec, Spawned};
 use super::{Pipe, Role, Supervisor};
@@ -156,10 +156,16 @@ impl Supervisor {
                 let now = Instant::now();
                 if let Some(u) = self.units.get_mut(i) {
                     u.started_at = Some(now);
+                    // Even `started` is checked a moment later: a process
+                    // that exits at once must not make the host ready.
+                    let first_probe = match u.spec.ready {
+                        Readiness::Started => clock::after(now, STARTED_SETTLE),
+                        _ => now,
+                    };
                     u.state = State::Running {
                         pid,
-                        ready: u.spec.ready == Readiness::Started,
-                        next_probe: now,
+                        ready: false,
+                        next_probe: first_probe,
                     };
                     crate::say!("{}: started (pid {pid})", u.spec.name);
                 }

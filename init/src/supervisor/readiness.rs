@@ -1,7 +1,7 @@
 //! Readiness probes of a running service that is not ready yet: connect
 //! to 127.0.0.1:`port` (`Tcp`), or run a command until it exits 0 (`Exec`).
-//! `Started` is ready at once and `Exited` when the process exits 0; those
-//! need no probe.
+//! `Started` is ready once the process has run for [`STARTED_SETTLE`] and
+//! `Exited` when the process exits 0; those need no probe.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -17,6 +17,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const EXEC_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Time between TCP probes.
 pub const TCP_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// A `started` service is ready once its process has run this long: one
+/// that exits at once (a crash loop) never counts as ready.
+pub const STARTED_SETTLE: Duration = Duration::from_secs(1);
 /// A TCP probe's connect timeout (to localhost it answers at once).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -64,16 +67,22 @@ impl Supervisor {
                     );
                 }
             },
-            // Started is ready at once; Exited becomes ready when it exits.
+            // Started is ready once it stayed up for STARTED_SETTLE (this
+            // probe is scheduled then); Exited becomes ready when it exits.
             Readiness::Started | Readiness::Exited => {
+                let ready = u.spec.ready == Readiness::Started;
+                let name = u.spec.name.clone();
                 self.set_state(
                     i,
                     State::Running {
                         pid,
-                        ready: u.spec.ready == Readiness::Started,
+                        ready,
                         next_probe: now + Duration::from_secs(3600),
                     },
                 );
+                if ready {
+                    crate::say!("{name}: ready (running for {}s)", STARTED_SETTLE.as_secs());
+                }
             }
         }
     }
