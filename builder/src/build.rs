@@ -126,7 +126,7 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     progress.stage("initramfs", "packing berth-init and the root's modules");
     let init =
         std::fs::read(&bins.init).with_context(|| format!("reading {}", bins.init.display()))?;
-    let (archive, modules) = initramfs::contents(&base.dir, &kver, &init, &overlay::os_release(&m))
+    let (archive, modules) = initramfs::contents(&base.dir, &kver, &init, initramfs::INITRD_RELEASE)
         .context("collecting the initramfs contents")?;
     let mtime = u32::try_from(timestamp).unwrap_or(u32::MAX);
     let image = initramfs::compress(&archive.encode(mtime)?)?;
@@ -180,14 +180,14 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         .update
         .as_ref()
         .and_then(|u| u.gpg_key.as_ref())
-        .map(|k| m.base_dir().join(&k.value));
+        .map(|_| berth_hostapi::UPDATE_KEY_PATH);
     let deployment = berth_sysroot::install::install(
         &sysroot_dir,
         &berth_sysroot::install::InstallSpec {
             source_repo: &repo_path,
             ostree_ref: &ostree_ref,
             remote: m.update.as_ref().map(|u| ("berth", u.url.as_str())),
-            remote_gpg_key: gpg_key.as_deref(),
+            remote_gpg_key: gpg_key,
             kargs: &kargs,
         },
     )?;

@@ -102,16 +102,14 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     let mtree = ostree::MutableTree::from_checksum(&repo, &contents, &meta);
     for (name, tree) in spec.containers {
         let (c, m) = cached_tree(&repo, spec.repo, tree, &modifier)?;
-        let mut dir = mtree.clone();
-        for part in ["usr", "lib", "berth", "containers", name.as_str()] {
-            dir = dir
-                .ensure_dir(part)
-                .with_context(|| format!("adding {part} to the commit"))?;
-            if dir.metadata_checksum().is_empty() {
-                // Replaced by the overlay's own directory below.
-                dir.set_metadata_checksum(&meta);
-            }
-        }
+        // Directories the base lacks get the root's metadata until the
+        // overlay's own directories replace it below. (Not through
+        // `metadata_checksum()`: the binding reads the NULL of a new
+        // directory as a string and crashes.)
+        let path = ["usr", "lib", "berth", "containers", name.as_str(), "rootfs"];
+        let dir = mtree
+            .ensure_parent_dirs(&path, &meta)
+            .with_context(|| format!("adding usr/lib/berth/containers/{name} to the commit"))?;
         let rootfs = dir
             .ensure_dir("rootfs")
             .context("adding a container root to the commit")?;
@@ -159,8 +157,15 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     if let Some(parent) = &parent {
         // The parent may be gone (pruned); then hosts fetch objects.
         if repo.load_commit(parent).is_ok() {
-            // libostree reads its parameters without a NULL check.
-            let params = glib::VariantDict::new(None).end();
+            // No bsdiff parts: applying them with Debian 12's libostree
+            // (2022.7) on a host's bare repository trips a GLib assertion
+            // (g_file_input_stream_query_info on a non-file stream) and the
+            // pull never finishes. Changed objects travel whole instead,
+            // still compressed. (libostree also reads the parameters
+            // without a NULL check, so the dictionary is needed anyway.)
+            let params = glib::VariantDict::new(None);
+            params.insert_value("bsdiff-enabled", &false.to_variant());
+            let params = params.end();
             repo.static_delta_generate(
                 ostree::StaticDeltaGenerateOpt::Major,
                 Some(parent),

@@ -13,6 +13,11 @@ use cpio::newc;
 
 use crate::rootfs::kmods::{INITRAMFS_MODULES, ModuleIndex};
 
+/// `/etc/initrd-release` of every initramfs. It names no version on
+/// purpose: a new OS version with the same kernel and berth-init then has
+/// the very same initramfs, which an upgrade need not download again.
+pub const INITRD_RELEASE: &str = "NAME=\"Berth initramfs\"\nID=berth\nVARIANT_ID=initrd\n";
+
 /// zstd level: good ratio, still fast on two cores.
 const ZSTD_LEVEL: i32 = 12;
 

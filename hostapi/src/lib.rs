@@ -20,6 +20,10 @@ pub const READY_PREFIX: &str = "berth-init: ready";
 /// to the disk), one line; an upgrade applies the new version's.
 pub const KARGS_PATH: &str = "/usr/lib/berth/kargs";
 
+/// The public key (ASCII armor) update commits must be signed with, when
+/// the manifest names one; the host's OSTree remote points at it.
+pub const UPDATE_KEY_PATH: &str = "/usr/lib/berth/update-key.asc";
+
 /// Where the OS tree keeps Berth's own files (init, host config, containers).
 pub const BERTH_LIB_DIR: &str = "/usr/lib/berth";
 

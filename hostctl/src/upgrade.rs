@@ -184,11 +184,7 @@ fn new_kargs(
     commit: &str,
     booted: &ostree::Deployment,
 ) -> anyhow::Result<Option<Vec<String>>> {
-    let (tree, _) = repo
-        .read_commit(commit, gio::Cancellable::NONE)
-        .context("reading the new commit")?;
-    let file = tree.resolve_relative_path(berth_hostapi::KARGS_PATH.trim_start_matches('/'));
-    let Ok((bytes, _)) = file.load_contents(gio::Cancellable::NONE) else {
+    let Some(bytes) = read_commit_file(repo, commit, berth_hostapi::KARGS_PATH)? else {
         return Ok(None);
     };
     let root: Vec<String> = booted
@@ -208,6 +204,46 @@ fn new_kargs(
             .map(String::from),
     );
     Ok(Some(args))
+}
+
+/// The contents of the regular file at `path` in `commit`, or `None` if
+/// the commit has no such file. Reads the object through the repository
+/// (a RepoFile's own stream is not a GFileInputStream, which
+/// g_file_load_contents insists on).
+fn read_commit_file(
+    repo: &ostree::Repo,
+    commit: &str,
+    path: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let none = gio::Cancellable::NONE;
+    let (tree, _) = repo
+        .read_commit(commit, none)
+        .context("reading the new commit")?;
+    let file = tree.resolve_relative_path(path.trim_start_matches('/'));
+    let Ok(file) = file.downcast::<ostree::RepoFile>() else {
+        return Ok(None);
+    };
+    if file.ensure_resolved().is_err() || !file.query_exists(none) {
+        return Ok(None);
+    }
+    let (stream, _, _) = repo
+        .load_file(&file.checksum(), none)
+        .with_context(|| format!("reading {path} from the new commit"))?;
+    let Some(stream) = stream else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = stream
+            .read(&mut buf[..], none)
+            .with_context(|| format!("reading {path}"))?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    Ok(Some(bytes))
 }
 
 /// The `version` metadata of a commit.

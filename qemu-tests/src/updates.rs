@@ -22,6 +22,8 @@ pub struct UpdateServer {
     pub repo: PathBuf,
     /// Where `berth build` puts the images of new versions.
     pub out: PathBuf,
+    /// The server's request log.
+    pub log: PathBuf,
     /// The host port it listens on.
     pub port: u16,
     server: Child,
@@ -48,13 +50,15 @@ impl UpdateServer {
             return Err(Error::Setup(format!("cp -a {} failed", source.display())));
         }
         let port = free_port()?;
+        let log = dir.path().join("serve.log");
+        let log_file = std::fs::File::create(&log).map_err(Error::io("creating the server log"))?;
         let server = Command::new(berth_bin())
             .arg("serve")
             .arg(&repo)
             .arg("--port")
             .arg(port.to_string())
-            .arg("--quiet")
             .stdin(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .map_err(Error::io("starting berth serve"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -70,6 +74,7 @@ impl UpdateServer {
         Ok(UpdateServer {
             repo,
             out,
+            log,
             port,
             server,
             _dir: dir,
@@ -101,6 +106,11 @@ impl UpdateServer {
             });
         }
         Ok(text)
+    }
+
+    /// The requests served so far, one line each (`GET /path 200`).
+    pub fn requests(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The forward that makes the guest's 10.0.2.100:8080 this server.

@@ -293,6 +293,17 @@ impl Vm {
         }
     }
 
+    /// Pulls the plug: SIGKILL to QEMU, so nothing the guest had not yet
+    /// written reaches the disk. [`Vm::reboot_from`] then boots the same disk.
+    pub fn power_cut(&mut self) -> Result<()> {
+        let child = self.process.child_mut();
+        let _ = child.kill();
+        child
+            .wait()
+            .map_err(Error::io("waiting for QEMU after the power cut"))?;
+        Ok(())
+    }
+
     /// Asks the guest to power off (SIGUSR2 to berth-init, from the
     /// console shell) and waits for QEMU to exit.
     pub fn power_off_and_wait(&mut self, timeout: Duration) -> Result<ExitStatus> {

@@ -98,3 +98,306 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
     assert_eq!(role(&st, "booted").unwrap()["version"], "1.0.0", "{st}");
     assert_eq!(sh(&mut vm, "cat /var/lib/precious").trim(), "precious");
 }
+
+/// Upgrades the VM (booted on v2, whose server is `server`) to the
+/// version in `manifest`, which fails on every try; waits until the host
+/// is back on v2 by itself and checks the failed commit is recorded and
+/// not offered again.
+fn failed_version_comes_back_to_v2(
+    vm: &mut Vm,
+    server: &UpdateServer,
+    manifest: &str,
+    version: &str,
+) {
+    let built = server.publish(Path::new(manifest)).unwrap();
+    let commit = built
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commit"))
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    vm.send_line("berthctl upgrade --reboot").unwrap();
+    vm.wait_for(&format!("deployed {version}"), UPGRADE)
+        .unwrap();
+    // Three tries, each ending in a reboot, then systemd-boot falls back.
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=2.0.0",
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    let st = status(vm);
+    assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
+    let failed: Vec<&str> = st["failed_commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(
+        failed.contains(&commit.as_str()),
+        "{commit} not recorded as failed: {st}"
+    );
+    let again = sh(vm, "berthctl upgrade");
+    assert!(
+        again.contains("failed to boot on this host before"),
+        "{again}"
+    );
+    let st = status(vm);
+    assert!(
+        st["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["version"] != version),
+        "{st}"
+    );
+}
+
+#[test]
+fn versions_that_never_get_ready_or_panic_roll_back_by_themselves() {
+    skip_unless_qemu!();
+    let v2 = image(Path::new("qemu-tests/manifests/upgrade-v2.toml"));
+    let server = UpdateServer::start(&v2).unwrap();
+    let mut vm = Vm::boot(&v2, options(&server)).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=2.0.0",
+        READY_TIMEOUT,
+    )
+    .unwrap();
+
+    failed_version_comes_back_to_v2(
+        &mut vm,
+        &server,
+        "qemu-tests/manifests/upgrade-v3-unready.toml",
+        "3.0.0",
+    );
+    let console = vm.console_text();
+    assert!(
+        console.contains("on trial"),
+        "the new version was not booted on trial"
+    );
+    assert!(
+        console.matches("[broken] broken").count() >= 3,
+        "v3's failing service did not run on its tries"
+    );
+
+    failed_version_comes_back_to_v2(
+        &mut vm,
+        &server,
+        "qemu-tests/manifests/upgrade-v3-panic.toml",
+        "3.0.1",
+    );
+    assert!(
+        vm.console_text().contains("Kernel panic"),
+        "v3.0.1 was expected to panic"
+    );
+}
+
+/// Kills QEMU at `marker` during `berthctl upgrade`, boots again and
+/// returns the version that came up.
+fn cut_power_during_upgrade(mut vm: Vm, marker: &str, opts: VmOptions) -> (Vm, String) {
+    vm.send_line("berthctl upgrade").unwrap();
+    vm.wait_for(marker, UPGRADE).unwrap();
+    vm.power_cut().unwrap();
+    let mut vm = vm.reboot_from(opts).unwrap();
+    let line = vm
+        .wait_for(
+            "berth-init: ready image=upgrade version=",
+            READY_TIMEOUT * 2,
+        )
+        .unwrap();
+    let _ = line;
+    let rest = vm.wait_for(" ", Duration::from_secs(10)).unwrap();
+    let version = rest.trim().to_string();
+    assert!(
+        version == "1.0.0" || version == "2.0.0",
+        "came up on {version:?}"
+    );
+    (vm, version)
+}
+
+#[test]
+fn power_cuts_during_an_upgrade_leave_a_host_that_boots() {
+    skip_unless_qemu!();
+    let v1 = image(Path::new("qemu-tests/manifests/upgrade-v1.toml"));
+    let server = UpdateServer::start(&v1).unwrap();
+    server
+        .publish(Path::new("qemu-tests/manifests/upgrade-v2.toml"))
+        .unwrap();
+    let opts = options(&server);
+    let mut vm = Vm::boot(&v1, opts.clone()).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=1.0.0",
+        READY_TIMEOUT,
+    )
+    .unwrap();
+
+    let mut versions = Vec::new();
+    for marker in [
+        "berthctl: fetching",
+        "berthctl: deploying",
+        "berthctl: writing the ESP",
+    ] {
+        let (next, version) = cut_power_during_upgrade(vm, marker, opts.clone());
+        vm = next;
+        versions.push((marker, version.clone()));
+        if version == "2.0.0" {
+            break;
+        }
+        // Whatever the cut left, the host is consistent again.
+        let st = status(&mut vm);
+        assert_eq!(role(&st, "booted").unwrap()["version"], "1.0.0", "{st}");
+    }
+    println!("versions after each cut: {versions:?}");
+    // The upgrade, repeated, succeeds.
+    if versions.last().is_some_and(|(_, v)| v == "1.0.0") {
+        vm.send_line("berthctl upgrade --reboot").unwrap();
+        vm.wait_for(
+            "berth-init: ready image=upgrade version=2.0.0",
+            READY_TIMEOUT * 2,
+        )
+        .unwrap();
+    }
+    let st = status(&mut vm);
+    assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
+    let again = sh(&mut vm, "berthctl upgrade");
+    assert!(again.contains("already up to date"), "{again}");
+}
+
+/// A throw-away GnuPG home with one signing key; returns its fingerprint.
+fn gpg_key(home: &Path, name: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let out = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(home)
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    gpg(&[
+        "--quick-gen-key",
+        &format!("Berth test {name} <{name}@berth.test>"),
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let listing = gpg(&["--list-keys", "--with-colons"]);
+    let fpr = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:"))
+        .map(|l| l.trim_matches(':').to_string())
+        .unwrap();
+    let public = gpg(&["--armor", "--export", &fpr]);
+    std::fs::write(home.with_extension("pub.asc"), public).unwrap();
+    fpr
+}
+
+fn signed_manifest(
+    dir: &Path,
+    file: &str,
+    version: &str,
+    signer: Option<(&str, &str)>,
+) -> std::path::PathBuf {
+    let sign = signer.map_or(String::new(), |(home, fpr)| {
+        format!("gpg-homedir = \"{home}\"\ngpg-key-id = \"{fpr}\"\n")
+    });
+    let text = format!(
+        "name = \"signed\"\nversion = \"{version}\"\n[source]\npackages = [\"busybox-static\"]\n\
+         [host]\ndebug-shell = true\n[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n\
+         [update]\nurl = \"http://10.0.2.100:8080\"\ngpg-key = \"a.pub.asc\"\n{sign}"
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
+    skip_unless_qemu!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key_a = gpg_key(&d.join("a"), "a");
+    let key_b = gpg_key(&d.join("b"), "b");
+    let v1 = signed_manifest(d, "v1.toml", "1.0.0", Some(("a", &key_a)));
+    let out = std::process::Command::new(berth_qemu_tests::fixture::berth_bin())
+        .arg("build")
+        .arg(&v1)
+        .arg("--output")
+        .arg(d.join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = d.join("out/signed.raw");
+    let server = UpdateServer::start(&image).unwrap();
+    let mut vm = Vm::boot(&image, options(&server)).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=signed version=1.0.0",
+        READY_TIMEOUT,
+    )
+    .unwrap();
+
+    for (file, version, signer, why) in [
+        ("unsigned.toml", "2.0.0", None, "unsigned"),
+        (
+            "other-key.toml",
+            "2.0.1",
+            Some(("b", key_b.as_str())),
+            "signed by another key",
+        ),
+    ] {
+        server
+            .publish(&signed_manifest(d, file, version, signer))
+            .unwrap();
+        let (code, out) = vm.run_shell("berthctl upgrade", UPGRADE).unwrap();
+        assert_ne!(code, 0, "a commit {why} was accepted:\n{out}");
+        assert!(
+            out.to_lowercase().contains("gpg") || out.contains("signature"),
+            "{why}: {out}"
+        );
+        let st = status(&mut vm);
+        assert_eq!(
+            st["deployments"].as_array().unwrap().len(),
+            1,
+            "{why}: something was deployed: {st}"
+        );
+    }
+    // The same server with a commit signed by the right key is accepted.
+    server
+        .publish(&signed_manifest(
+            d,
+            "good.toml",
+            "2.0.2",
+            Some(("a", &key_a)),
+        ))
+        .unwrap();
+    let out = sh(&mut vm, "berthctl upgrade");
+    assert!(out.contains("deployed 2.0.2"), "{out}");
+    for home in ["a", "b"] {
+        let _ = std::process::Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(d.join(home))
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}

@@ -22,8 +22,9 @@ pub struct InstallSpec<'a> {
     /// `berthctl upgrade` knows where to pull from; the deployment's origin
     /// then names `remote:ref`.
     pub remote: Option<(&'a str, &'a str)>,
-    /// GPG public keys (ASCII armor) the remote's commits must be signed by.
-    pub remote_gpg_key: Option<&'a Path>,
+    /// Where the OS tree holds the ASCII-armored public key the remote's
+    /// commits must be signed by (an absolute path on the host).
+    pub remote_gpg_key: Option<&'a str>,
     /// Kernel arguments of the deployment (without `ostree=`).
     pub kargs: &'a [String],
 }
@@ -122,25 +123,21 @@ pub fn pull_local(
         })
 }
 
-/// Adds the update remote, with GPG verification when a key is given.
+/// Adds the update remote. With a key, commits must be signed by it:
+/// `gpgkeypath` names the ASCII-armored key file inside the OS tree, so a
+/// new OS version can also bring a new key.
 fn add_remote(
     repo: &ostree::Repo,
     name: &str,
     url: &str,
-    gpg_key: Option<&Path>,
+    gpg_key_in_tree: Option<&str>,
 ) -> Result<(), SysrootError> {
     let opts = glib::VariantDict::new(None);
-    let verify = gpg_key.is_some();
-    opts.insert_value("gpg-verify", &verify.to_variant());
+    opts.insert_value("gpg-verify", &gpg_key_in_tree.is_some().to_variant());
     opts.insert_value("gpg-verify-summary", &false.to_variant());
-    repo.remote_add(name, Some(url), Some(&opts.end()), gio::Cancellable::NONE)
-        .map_err(|e| SysrootError::ostree(format!("adding remote {name} ({url})"), e))?;
-    if let Some(key) = gpg_key {
-        let file = std::fs::File::open(key)
-            .map_err(|e| SysrootError::io(format!("opening {}", key.display()), e))?;
-        let stream = gio::ReadInputStream::new(file);
-        repo.remote_gpg_import(name, Some(&stream), &[], gio::Cancellable::NONE)
-            .map_err(|e| SysrootError::ostree(format!("importing GPG key {}", key.display()), e))?;
+    if let Some(path) = gpg_key_in_tree {
+        opts.insert_value("gpgkeypath", &path.to_variant());
     }
-    Ok(())
+    repo.remote_add(name, Some(url), Some(&opts.end()), gio::Cancellable::NONE)
+        .map_err(|e| SysrootError::ostree(format!("adding remote {name} ({url})"), e))
 }

@@ -231,9 +231,12 @@ impl QemuConfig {
             for p in &self.publish {
                 netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest));
             }
+            // A `cmd:` forward spawns a relay per connection; a chardev
+            // forward would carry one connection at a time, and HTTP
+            // clients (libostree) open several.
             for f in &self.guest_forwards {
                 netdev.push_str(&format!(
-                    ",guestfwd=tcp:{GUEST_FORWARD_ADDR}:{}-tcp:127.0.0.1:{}",
+                    ",guestfwd=tcp:{GUEST_FORWARD_ADDR}:{}-cmd:busybox nc 127.0.0.1 {}",
                     f.guest, f.host
                 ));
             }
@@ -372,7 +375,7 @@ mod tests {
         c.guest_forwards = vec!["18080:8080".parse().unwrap()];
         assert!(
             line(&c)
-                .contains("-netdev user,id=n0,guestfwd=tcp:10.0.2.100:8080-tcp:127.0.0.1:18080"),
+                .contains("-netdev user,id=n0,guestfwd=tcp:10.0.2.100:8080-cmd:busybox nc 127.0.0.1 18080"),
             "{}",
             line(&c)
         );
