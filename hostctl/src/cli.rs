@@ -49,6 +49,10 @@ pub enum Cmd {
     /// berth-init at every boot).
     #[command(hide = true)]
     BootCheck,
+    /// Apply per-host data (NoCloud seed or QEMU fw_cfg) once; run by
+    /// berth-init at every boot before the services.
+    #[command(hide = true)]
+    Provision,
     /// The supervised services and their state.
     Services {
         /// Print JSON instead of text.
@@ -101,6 +105,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if reboot {
                 return shutdown(&socket, ShutdownAction::Reboot);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Provision => {
+            crate::provision::run(Path::new("/"))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BootCheck => {

@@ -11,6 +11,7 @@ mod bootcheck;
 mod cli;
 mod control;
 mod host;
+mod provision;
 mod rollback;
 mod status;
 mod upgrade;
