@@ -26,6 +26,9 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
             ..Service::default()
         });
     }
+    if let Some(ssh) = &m.ssh {
+        services.push(ssh_service(ssh.port));
+    }
     services.extend(m.services.iter().cloned());
     services.extend(containers.iter().cloned());
     HostConfig {
@@ -38,6 +41,25 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
         debug_shell: m.host.debug_shell,
         ready_deadline_ms: m.host.ready_deadline_ms,
         services,
+    }
+}
+
+/// dropbear in the foreground, logging to stderr (so to the console and
+/// its log), key logins only (`-s`), host keys made at first start (`-R`,
+/// kept in /etc/dropbear, so they survive upgrades through the /etc merge).
+/// Not required: the host is ready without it.
+pub fn ssh_service(port: u16) -> Service {
+    Service {
+        name: crate::manifest::SSH_SERVICE.into(),
+        command: ["dropbear", "-F", "-E", "-s", "-R", "-p"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(std::iter::once(port.to_string()))
+            .collect(),
+        dirs: vec!["/etc/dropbear".into()],
+        ready: Readiness::Tcp { port },
+        required: false,
+        ..Service::default()
     }
 }
 
@@ -59,5 +81,33 @@ mod tests {
         assert_eq!(h.services[0].command[0], "udhcpc");
         assert_eq!(h.services[1].name, "web");
         assert_eq!(h.image, "x");
+    }
+
+    #[test]
+    fn ssh_adds_a_dropbear_service_with_key_logins_only() {
+        let m = Manifest::parse(
+            Path::new("m.toml"),
+            "name = \"x\"\nversion = \"1\"\n[ssh]\nport = 2222\nauthorized-keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample me@host\"]\n",
+        )
+        .unwrap();
+        let h = from_manifest(&m, &[]);
+        let sshd = h.services.iter().find(|s| s.name == "sshd").unwrap();
+        assert_eq!(
+            sshd.command,
+            ["dropbear", "-F", "-E", "-s", "-R", "-p", "2222"]
+        );
+        assert_eq!(sshd.ready, Readiness::Tcp { port: 2222 });
+        assert!(!sshd.required);
+        assert!(
+            crate::packages::PackageRequest::from_manifest(&m)
+                .packages
+                .contains(&"dropbear-bin".to_string())
+        );
+        let bad = Manifest::parse(
+            Path::new("m.toml"),
+            "name = \"x\"\nversion = \"1\"\n[ssh]\nauthorized-keys = [\"not a key\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(bad.key, "ssh.authorized-keys[0]");
     }
 }

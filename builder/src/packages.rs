@@ -93,6 +93,9 @@ impl PackageRequest {
         let mut packages = vec![m.kernel.package.value.clone()];
         packages.extend(BASE_PACKAGES.iter().map(|p| p.to_string()));
         packages.extend(m.source.packages.iter().map(|p| p.value.clone()));
+        if m.ssh.is_some() {
+            packages.push(crate::manifest::SSH_PACKAGE.to_string());
+        }
         let mut extra_modules = m.kernel.modules.clone();
         extra_modules.sort();
         extra_modules.dedup();
@@ -117,7 +120,9 @@ impl PackageRequest {
             .chain(std::iter::once(self.components.join(",")))
             .chain(std::iter::once(sorted.join(",")))
             .chain(std::iter::once(self.extra_modules.join(",")))
-            .chain(std::iter::once(crate::rootfs::kmods::DEFAULT_MODULES.join(",")))
+            .chain(std::iter::once(
+                crate::rootfs::kmods::DEFAULT_MODULES.join(","),
+            ))
         {
             h.update(part.as_bytes());
             h.update([0]);

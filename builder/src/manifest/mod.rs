@@ -87,7 +87,23 @@ pub struct Manifest {
     pub containers: Vec<Container>,
     /// Where hosts look for updates.
     pub update: Option<Update>,
+    /// The SSH server, when enabled.
+    pub ssh: Option<Ssh>,
 }
+
+/// `[ssh]`: an SSH server (dropbear) as a service, key logins only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ssh {
+    /// TCP port.
+    pub port: u16,
+    /// Public keys that may log in as root.
+    pub authorized_keys: Vec<String>,
+}
+
+/// The package that provides the SSH server.
+pub const SSH_PACKAGE: &str = "dropbear-bin";
+/// The name of the SSH server's service.
+pub const SSH_SERVICE: &str = "sshd";
 
 /// `[source]`: a Debian archive and the packages to take from it.
 #[derive(Debug, Clone, PartialEq, Eq)]

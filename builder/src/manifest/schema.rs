@@ -31,6 +31,23 @@ pub struct RawManifest {
     pub containers: Vec<RawContainer>,
     #[serde(default)]
     pub update: Option<RawUpdate>,
+    #[serde(default)]
+    pub ssh: Option<RawSsh>,
+}
+
+/// `[ssh]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSsh {
+    #[serde(default = "yes")]
+    pub enable: bool,
+    pub port: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub authorized_keys: Vec<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[source]`: where packages come from and which.

@@ -173,6 +173,33 @@ fn service_errors() {
 }
 
 #[test]
+fn container_errors_name_the_container() {
+    let base = "name = \"x\"\nversion = \"1\"\n[[container]]\nname = \"web\"\n";
+    let e = err(&format!("{base}image = \"ftp://host/web:1\"\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("container[0].image", Some((5, 9))),
+        "{e}"
+    );
+    assert!(
+        e.message.contains(
+            "container \"web\": image \"ftp://host/web:1\" does not start with a known transport"
+        ),
+        "{e}"
+    );
+    let ok = format!("{base}image = \"oci:layout:1\"\n");
+    let e = err(&format!("{ok}volumes = [\"data:relative\"]\n"));
+    assert_eq!(e.key, "container[0].volumes[0]", "{e}");
+    let e = err(&format!("{ok}memory = \"1M\"\n"));
+    assert_eq!(e.key, "container[0].memory", "{e}");
+    let e = err(&format!("{ok}network = \"bridge\"\n"));
+    assert_eq!(e.key, "container[0].network", "{e}");
+    let m = parse(&format!("{ok}memory = \"128M\"\ncpus = 0.5\n")).unwrap();
+    assert_eq!(m.containers[0].memory, Some(128 << 20));
+    assert_eq!(m.containers[0].network, ContainerNetwork::Host);
+}
+
+#[test]
 fn after_cycles_are_rejected() {
     let e = err(
         "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"a\"\ncommand = [\"a\"]\nafter = [\"b\"]\n[[service]]\nname = \"b\"\ncommand = [\"b\"]\nafter = [\"a\"]\n",

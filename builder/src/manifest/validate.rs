@@ -128,6 +128,20 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         }),
         None => None,
     };
+    let ssh = match raw.ssh {
+        Some(s) if s.enable => Some(check_ssh(c, s)?),
+        _ => None,
+    };
+    if ssh.is_some() {
+        if let Some(i) = services.iter().position(|s| s.name == super::SSH_SERVICE) {
+            let span = name_spans.get(i).cloned().unwrap_or(0..0);
+            return Err(c.err(
+                &format!("service[{i}].name"),
+                &span,
+                "\"sshd\" is the SSH server's service when [ssh] is enabled: choose another name",
+            ));
+        }
+    }
     Ok(Manifest {
         path: c.path.to_path_buf(),
         text: c.text.to_string(),
@@ -142,6 +156,7 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         services,
         containers,
         update,
+        ssh,
     })
 }
 
@@ -153,6 +168,44 @@ impl Located<String> {
             span: self.span,
         }
     }
+}
+
+/// `[ssh]`: a port and public keys in OpenSSH's one-line format.
+fn check_ssh(c: &Checker, raw: super::schema::RawSsh) -> Result<super::Ssh, ManifestError> {
+    let port = match raw.port {
+        Some(p) => {
+            let span = p.span();
+            let v = p.into_inner();
+            if v == 0 {
+                return Err(c.err("ssh.port", &span, "must be a TCP port (1-65535)"));
+            }
+            v
+        }
+        None => 22,
+    };
+    let mut keys = Vec::new();
+    for (i, k) in raw.authorized_keys.into_iter().enumerate() {
+        let span = k.span();
+        let key = k.into_inner();
+        let mut parts = key.split_whitespace();
+        let kind = parts.next().unwrap_or("");
+        let ok =
+            (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+                && parts.next().is_some_and(|b| b.len() > 16)
+                && !key.contains('\n');
+        if !ok {
+            return Err(c.err(
+                &format!("ssh.authorized-keys[{i}]"),
+                &span,
+                "is not an SSH public key line (\"ssh-ed25519 AAAA... comment\")",
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(super::Ssh {
+        port,
+        authorized_keys: keys,
+    })
 }
 
 /// Names used in file names, refs and service names.
