@@ -255,6 +255,51 @@ fn deadline_from_boot(deadline: Duration) -> Instant {
     crate::clock::from_now(deadline.saturating_sub(crate::clock::since_boot()))
 }
 
+/// Where provisioning leaves extra environment for services.
+pub const ENV_DIR: &str = "/etc/berth/env";
+
+/// How long provisioning may take before the boot goes on without it.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The hostname: /etc/hostname (the image's, or what the admin or the
+/// provisioning data wrote there), else the host configuration's.
+fn set_hostname(sys: &dyn Sys, config: &HostConfig) {
+    let from_etc = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let from_etc = from_etc.trim();
+    let hostname = if !from_etc.is_empty() {
+        from_etc
+    } else if !config.hostname.is_empty() {
+        &config.hostname
+    } else {
+        "berth"
+    };
+    if let Err(e) = sys.set_hostname(hostname) {
+        crate::say!("setting hostname {hostname}: {e}");
+    }
+}
+
+/// Runs `berthctl provision` (per-host data) to completion before any
+/// service starts, when the image has berthctl. Its failure, or a run
+/// past [`PROVISION_TIMEOUT`], is reported and the boot goes on. Returns
+/// whether it ran and succeeded.
+fn provision() -> bool {
+    if !is_executable(Path::new(BERTHCTL)) {
+        return false;
+    }
+    let argv = [BERTHCTL.to_string(), "provision".to_string()];
+    match crate::oneshot::run(&argv, PROVISION_TIMEOUT) {
+        Ok(status) if status.success() => true,
+        Ok(status) => {
+            crate::say!("provisioning: berthctl provision failed ({status}); going on");
+            false
+        }
+        Err(e) => {
+            crate::say!("provisioning: {e}; going on");
+            false
+        }
+    }
+}
+
 /// Everything before the supervisor; returns it ready to run.
 fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Error> {
     let _ = std::env::set_current_dir("/");
@@ -274,14 +319,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     api_mounts(sys, Path::new("/"))?;
     dev_links();
 
-    let hostname = if config.hostname.is_empty() {
-        "berth"
-    } else {
-        &config.hostname
-    };
-    if let Err(e) = sys.set_hostname(hostname) {
-        crate::say!("setting hostname {hostname}: {e}");
-    }
+    set_hostname(sys, &config);
     load_modules(sys, &config);
     let esp = find_esp(cmdline);
     for e in firmware_mounts(sys, Path::new("/sys/firmware/efi").exists(), esp.as_deref()) {
@@ -294,6 +332,10 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         crate::say!("{e}");
     }
     network::loopback_up();
+    if provision() {
+        // The data may have named another hostname.
+        set_hostname(sys, &config);
+    }
     // The builder may already list the DHCP client among the services.
     let dhcp = network::configure(&config.network)
         .filter(|svc| !config.services.iter().any(|s| s.command == svc.command));
@@ -336,6 +378,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         version: config.version.clone(),
         n_services: config.services.len(),
         ready_deadline,
+        env_dir: Some(PathBuf::from(ENV_DIR)),
     };
     let mut supervisor = Supervisor::new(specs, signals, opts, Some(on_ready));
     supervisor.watch_power_buttons(crate::powerbutton::open_all(

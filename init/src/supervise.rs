@@ -45,6 +45,7 @@ pub fn run(opts: &SuperviseOpts) -> i32 {
             version: config.version.clone(),
             n_services: config.services.len(),
             ready_deadline: None,
+            env_dir: None,
         },
         None,
     );

@@ -71,9 +71,19 @@ impl Supervisor {
             (Some(tty), Role::Main) => Output::Tty(tty.as_path()),
             _ => Output::Pipe,
         };
+        let env = match &self.opts.env_dir {
+            Some(dir) if role == Role::Main => {
+                let mut env = u.spec.env.clone();
+                env.extend(crate::envfile::read(
+                    &dir.join(format!("{}.env", u.spec.name)),
+                ));
+                env
+            }
+            _ => u.spec.env.clone(),
+        };
         let spec = SpawnSpec {
             argv,
-            env: &u.spec.env,
+            env: &env,
             working_dir: u.spec.working_dir.as_deref(),
             identity: identity.as_ref(),
             output,

@@ -54,6 +54,9 @@ pub struct Options {
     pub n_services: usize,
     /// A boot on trial must be ready by then, or it is rebooted.
     pub ready_deadline: Option<Instant>,
+    /// A directory of `<service>.env` files whose variables are added to
+    /// (and win over) a service's own at each start: provisioning data.
+    pub env_dir: Option<PathBuf>,
 }
 
 /// One service to supervise, with an optional terminal for the debug shell.
