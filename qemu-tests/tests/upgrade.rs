@@ -125,7 +125,19 @@ fn failed_version_comes_back_to_v2(
         Duration::from_secs(900),
     )
     .unwrap();
-    let st = status(vm);
+    // boot-check (a one-shot at every boot, not waited for by the ready
+    // line) records the failure; give it its moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let st = loop {
+        let st = status(vm);
+        let failed = st["failed_commits"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|c| c == commit.as_str()));
+        if failed || std::time::Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
     assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
     let failed: Vec<&str> = st["failed_commits"]
         .as_array()
