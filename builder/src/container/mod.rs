@@ -153,7 +153,7 @@ fn prepare(
         volume_dir: spec::volume_dir(&c.name),
     };
     let config = spec::build(&cs, seccomp).context("making the runtime configuration")?;
-    let config_json = serde_json::to_string_pretty(&config).context("writing config.json")? + "\n";
+    let config_json = spec::to_json(&config).context("writing config.json")?;
     let mount_points = c
         .volumes
         .iter()

@@ -5,7 +5,7 @@
 //! containers-common (the one podman and crun use), namespaces, cgroup v2
 //! limits and the manifest's volumes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use oci_spec::runtime::{
@@ -203,7 +203,7 @@ pub fn build(
     c: &ContainerSpec,
     seccomp: Option<LinuxSeccomp>,
 ) -> Result<Spec, oci_spec::OciSpecError> {
-    let caps: std::collections::HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(c.args.clone())
@@ -216,6 +216,11 @@ pub fn build(
                 .bounding(caps.clone())
                 .effective(caps.clone())
                 .permitted(caps.clone())
+                // Empty, as Docker has them since CVE-2022-24769: oci-spec's
+                // defaults would hand KILL, NET_BIND_SERVICE and AUDIT_WRITE
+                // to a non-root user as ambient capabilities.
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
                 .build()?,
         )
         .build()?;
@@ -326,6 +331,25 @@ pub fn build(
     spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux.build()?));
     Ok(spec)
+}
+
+/// `config.json` text of `spec`, the same for the same spec: oci-spec
+/// keeps capabilities in hash sets, whose order changes from one run to
+/// the next, so their lists are sorted (the OS commit must be
+/// reproducible).
+pub fn to_json(spec: &Spec) -> Result<String, serde_json::Error> {
+    let mut value = serde_json::to_value(spec)?;
+    if let Some(caps) = value
+        .pointer_mut("/process/capabilities")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for list in caps.values_mut() {
+            if let Some(items) = list.as_array_mut() {
+                items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
 
 /// Resolves an image `User` ("uid", "uid:gid", "name", "name:group") to
@@ -450,6 +474,32 @@ mod tests {
                 .iter()
                 .any(|n| n["type"] == "network")
         );
+    }
+
+    #[test]
+    fn no_inheritable_or_ambient_capabilities() {
+        let json = serde_json::to_value(build(&spec(), None).unwrap()).unwrap();
+        let caps = &json["process"]["capabilities"];
+        assert_eq!(caps["inheritable"], serde_json::json!([]));
+        assert_eq!(caps["ambient"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn config_json_is_reproducible() {
+        let first = to_json(&build(&spec(), None).unwrap()).unwrap();
+        for _ in 0..8 {
+            assert_eq!(to_json(&build(&spec(), None).unwrap()).unwrap(), first);
+        }
+        let json: serde_json::Value = serde_json::from_str(&first).unwrap();
+        let bounding: Vec<&str> = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let mut sorted = bounding.clone();
+        sorted.sort();
+        assert_eq!(bounding, sorted);
     }
 
     #[test]

@@ -206,7 +206,7 @@ pub(super) fn check(
                 &at("image"),
                 &image_span,
                 format!(
-                    "\"{image}\" does not start with a known transport ({})",
+                    "container \"{name}\": image \"{image}\" does not start with a known transport ({})",
                     crate::container::image::TRANSPORTS.join(", ")
                 ),
             ));
