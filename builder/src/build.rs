@@ -126,8 +126,9 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     progress.stage("initramfs", "packing berth-init and the root's modules");
     let init =
         std::fs::read(&bins.init).with_context(|| format!("reading {}", bins.init.display()))?;
-    let (archive, modules) = initramfs::contents(&base.dir, &kver, &init, initramfs::INITRD_RELEASE)
-        .context("collecting the initramfs contents")?;
+    let (archive, modules) =
+        initramfs::contents(&base.dir, &kver, &init, initramfs::INITRD_RELEASE)
+            .context("collecting the initramfs contents")?;
     let mtime = u32::try_from(timestamp).unwrap_or(u32::MAX);
     let image = initramfs::compress(&archive.encode(mtime)?)?;
     let initramfs_path = overlay_dir.join(format!("usr/lib/modules/{kver}/initramfs.img"));

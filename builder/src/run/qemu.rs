@@ -374,8 +374,9 @@ mod tests {
         let mut c = config();
         c.guest_forwards = vec!["18080:8080".parse().unwrap()];
         assert!(
-            line(&c)
-                .contains("-netdev user,id=n0,guestfwd=tcp:10.0.2.100:8080-cmd:busybox nc 127.0.0.1 18080"),
+            line(&c).contains(
+                "-netdev user,id=n0,guestfwd=tcp:10.0.2.100:8080-cmd:busybox nc 127.0.0.1 18080"
+            ),
             "{}",
             line(&c)
         );
