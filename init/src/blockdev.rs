@@ -86,7 +86,8 @@ pub fn list_disks(paths: &BlockPaths) -> Vec<Disk> {
     disks
 }
 
-fn sector_size(paths: &BlockPaths, disk: &str) -> u64 {
+/// The logical sector size of `disk`, from sysfs (512 when unknown).
+pub fn sector_size(paths: &BlockPaths, disk: &str) -> u64 {
     std::fs::read_to_string(
         paths
             .sys_class_block

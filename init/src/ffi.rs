@@ -2,8 +2,9 @@
 //! each behind a small safe function. This is the only module with `unsafe`.
 //!
 //! What lives here: the signal mask and the signalfd, `fork` for the final
-//! `reboot(2)`, `kill(-1, …)`, the interface-flags ioctl, and the code that
-//! runs in a child between `fork` and `exec`.
+//! `reboot(2)`, `kill(-1, …)`, the interface-flags ioctl, the partition and
+//! ext4 resize ioctls (growing the root), and the code that runs in a child
+//! between `fork` and `exec`.
 
 #![allow(unsafe_code)]
 
@@ -231,4 +232,76 @@ pub fn configure_child(cmd: &mut Command, setup: ChildSetup) {
             Ok(())
         })
     };
+}
+
+/// `struct blkpg_partition` of <linux/blkpg.h>.
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
+}
+
+/// `struct blkpg_ioctl_arg` of <linux/blkpg.h>.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+/// `BLKPG`, `_IO(0x12, 105)`.
+const BLKPG: libc::c_ulong = 0x1269;
+/// `BLKPG_RESIZE_PARTITION`.
+const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
+/// `EXT4_IOC_RESIZE_FS`, `_IOW('f', 16, __u64)`.
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// Tells the kernel that partition `number` of the disk open as `disk` now
+/// spans `length` bytes from `start` (BLKPG_RESIZE_PARTITION), so that a
+/// mounted partition can grow without rereading the whole table (which
+/// the kernel refuses while any partition of the disk is in use).
+pub fn resize_partition(
+    disk: &std::fs::File,
+    number: u32,
+    start: u64,
+    length: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut part = BlkpgPartition {
+        start: i64::try_from(start).map_err(io::Error::other)?,
+        length: i64::try_from(length).map_err(io::Error::other)?,
+        pno: libc::c_int::try_from(number).map_err(io::Error::other)?,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let arg = BlkpgIoctlArg {
+        op: BLKPG_RESIZE_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: (&raw mut part).cast(),
+    };
+    // SAFETY: BLKPG reads one blkpg_ioctl_arg whose data points to one
+    // blkpg_partition of `datalen` bytes; both live until the call returns.
+    if unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG, &arg) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Grows the mounted ext4 file system that `dir` (an open directory on it)
+/// belongs to, online, to `blocks` file-system blocks (EXT4_IOC_RESIZE_FS,
+/// what resize2fs asks of the kernel for a mounted file system).
+pub fn ext4_resize(dir: &std::fs::File, blocks: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let count: u64 = blocks;
+    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 through the pointer, which
+    // is valid for the call.
+    if unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS, &count) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

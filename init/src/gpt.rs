@@ -159,6 +159,129 @@ pub fn read_partitions<D: Read + Seek>(
     Ok(out)
 }
 
+/// A partition grown by [`grow_last_partition`]: its number and its new
+/// extent in LBAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grown {
+    /// 1-based partition number.
+    pub number: u32,
+    /// First LBA (unchanged).
+    pub first_lba: u64,
+    /// The old last LBA.
+    pub old_last_lba: u64,
+    /// The new last LBA (inclusive).
+    pub new_last_lba: u64,
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    if let Some(s) = b.get_mut(off..off + 4) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    if let Some(s) = b.get_mut(off..off + 8) {
+        s.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Sets a header's CRC32 field over its first `header_size` bytes.
+fn seal_header(h: &mut [u8], header_size: usize) {
+    put_u32(h, 16, 0);
+    let crc = crc32(h.get(..header_size).unwrap_or_default());
+    put_u32(h, 16, crc);
+}
+
+/// Grows partition `number` to the end of a disk of `total_lbas` sectors
+/// (aligned down to 1 MiB), when it is the last partition on the disk and
+/// the disk has grown by at least 1 MiB past it. Moves the backup GPT to
+/// the disk's new end. Returns `None` when there is nothing to do.
+///
+/// Why by hand: [`read_partitions`] already parses the table, and growing
+/// one entry only rewrites three header fields, two CRCs and the backup
+/// copy; a GPT crate would add far more than that to PID 1.
+///
+/// Write order, so that a power cut leaves a readable table at every
+/// instant: the new backup (entries, then header) past the old end, which
+/// nothing references yet, synced; then the primary entries and header
+/// (the one sector that switches over), synced. The kernel's view of the
+/// partition is not changed here (BLKPG does that).
+pub fn grow_last_partition(
+    disk: &mut std::fs::File,
+    sector: u64,
+    total_lbas: u64,
+    number: u32,
+) -> Result<Option<Grown>, GptError> {
+    use std::io::Write;
+    let sector_len = sector.clamp(512, 4096) as usize;
+    let mut header = vec![0u8; sector_len];
+    disk.seek(SeekFrom::Start(sector))?;
+    disk.read_exact(&mut header)?;
+    let parts = read_partitions(disk, sector)?;
+    let header_size = u32_at(&header, 12) as usize;
+    let count = u32_at(&header, 80) as u64;
+    let entry_size = u32_at(&header, 84) as u64;
+    let entries_lba = u64_at(&header, 72);
+    let Some(part) = parts.iter().find(|p| p.number == number) else {
+        return Err(GptError::BadHeader("no such partition"));
+    };
+    if parts.iter().any(|p| p.last_lba > part.last_lba) {
+        return Ok(None); // not the last one: nothing can grow into the space
+    }
+    let entries_bytes = count * entry_size;
+    let entries_lbas = entries_bytes.div_ceil(sector);
+    let Some(backup_entries_lba) = total_lbas.checked_sub(1 + entries_lbas) else {
+        return Err(GptError::BadHeader("disk smaller than its partition table"));
+    };
+    let align = (1 << 20) / sector;
+    let new_last = (backup_entries_lba / align * align).saturating_sub(1);
+    if new_last < part.last_lba.saturating_add(align) {
+        return Ok(None);
+    }
+
+    let mut entries = vec![0u8; entries_bytes as usize];
+    disk.seek(SeekFrom::Start(entries_lba * sector))?;
+    disk.read_exact(&mut entries)?;
+    let entry_off = (u64::from(number) - 1) * entry_size;
+    put_u64(&mut entries, entry_off as usize + 40, new_last);
+    let entries_crc = crc32(&entries);
+
+    let old_backup_lba = u64_at(&header, 32);
+    put_u64(&mut header, 32, total_lbas - 1); // alternate LBA
+    put_u64(&mut header, 48, backup_entries_lba - 1); // last usable LBA
+    put_u32(&mut header, 88, entries_crc);
+    let mut backup = header.clone();
+    seal_header(&mut header, header_size);
+    put_u64(&mut backup, 24, total_lbas - 1); // my LBA
+    put_u64(&mut backup, 32, 1); // alternate LBA
+    put_u64(&mut backup, 72, backup_entries_lba);
+    seal_header(&mut backup, header_size);
+
+    disk.seek(SeekFrom::Start(backup_entries_lba * sector))?;
+    disk.write_all(&entries)?;
+    disk.seek(SeekFrom::Start((total_lbas - 1) * sector))?;
+    disk.write_all(&backup)?;
+    disk.sync_data()?;
+    disk.seek(SeekFrom::Start(entries_lba * sector))?;
+    disk.write_all(&entries)?;
+    disk.seek(SeekFrom::Start(sector))?;
+    disk.write_all(&header)?;
+    disk.sync_data()?;
+    // The old backup header now lies inside the grown partition; clear it
+    // so that no tool mistakes it for a table.
+    if old_backup_lba > 1 && old_backup_lba < total_lbas - 1 {
+        disk.seek(SeekFrom::Start(old_backup_lba * sector))?;
+        disk.write_all(&vec![0u8; sector_len])?;
+        disk.sync_data()?;
+    }
+    Ok(Some(Grown {
+        number,
+        first_lba: part.first_lba,
+        old_last_lba: part.last_lba,
+        new_last_lba: new_last,
+    }))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -250,6 +373,77 @@ pub(crate) mod tests {
             read_partitions(&mut Cursor::new(vec![0u8; 8192]), 512),
             Err(GptError::NoHeader)
         ));
+    }
+
+    /// Runs a partitioning tool; `None` when it is not installed.
+    fn tool(program: &str, args: &[&str], input: &str) -> Option<String> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        child.stdin.take()?.write_all(input.as_bytes()).ok()?;
+        let out = child.wait_with_output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{program} {args:?}: {text}");
+        Some(text)
+    }
+
+    #[test]
+    fn grows_the_last_partition_and_moves_the_backup_table() -> Result<(), GptError> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("disk.img");
+        let p = path.to_str().unwrap_or_default();
+        std::fs::File::create(&path)?.set_len(64 << 20)?;
+        // A disk as `berth build` lays it out (ESP, then root), written by
+        // util-linux, checked afterwards by gdisk: independent tools.
+        let layout = "label: gpt\nsize=16MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\ntype=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n";
+        if tool("sfdisk", &["-q", p], layout).is_none() {
+            eprintln!("skipped: sfdisk is not installed");
+            return Ok(());
+        }
+        let before = read_partitions(&mut std::fs::File::open(&path)?, 512)?;
+        let root = before.get(1).cloned().ok_or(GptError::NoHeader)?;
+
+        // Same size: nothing to do.
+        let mut disk = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        assert_eq!(
+            grow_last_partition(&mut disk, 512, (64 << 20) / 512, 2)?,
+            None
+        );
+
+        disk.set_len(256 << 20)?;
+        let total = (256 << 20) / 512;
+        // The ESP is not the last partition: it cannot grow.
+        assert_eq!(grow_last_partition(&mut disk, 512, total, 1)?, None);
+        let grown = grow_last_partition(&mut disk, 512, total, 2)?;
+        let expected_last = (total - 33) / 2048 * 2048 - 1;
+        assert_eq!(
+            grown,
+            Some(Grown {
+                number: 2,
+                first_lba: root.first_lba,
+                old_last_lba: root.last_lba,
+                new_last_lba: expected_last,
+            })
+        );
+        let after = read_partitions(&mut disk, 512)?;
+        assert_eq!(after.get(1).map(|p| p.last_lba), Some(expected_last));
+        assert_eq!(after.first(), before.first());
+        // Done once: the second boot finds nothing to do.
+        assert_eq!(grow_last_partition(&mut disk, 512, total, 2)?, None);
+        drop(disk);
+        if let Some(report) = tool("sgdisk", &["-v", p], "") {
+            assert!(report.contains("No problems found"), "{report}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod envfile;
 pub mod failure;
 pub mod ffi;
 pub mod gpt;
+pub mod growroot;
 pub mod modules;
 pub mod mounts;
 pub mod network;
