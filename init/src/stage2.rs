@@ -34,6 +34,12 @@ pub const DEFAULT_READY_DEADLINE: Duration = Duration::from_secs(300);
 /// those the kernel has built in are simply not in modules.dep.
 const ESP_MODULES: [&str; 4] = ["vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
 
+/// Modules provisioning reads its data with: ISO 9660 NoCloud seeds (FAT
+/// ones use the ESP's) and QEMU's fw_cfg. Loaded when the image has them
+/// (every image keeps them); a file system type is not a device, so
+/// coldplug would not load them.
+const PROVISIONING_MODULES: [&str; 2] = ["isofs", "qemu_fw_cfg"];
+
 /// Why stage 2 could not bring the host up.
 #[derive(Debug, thiserror::Error)]
 pub enum Stage2Error {
@@ -224,6 +230,12 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
     }
     let mut wanted: Vec<String> = config.modules.clone();
     wanted.extend(ESP_MODULES.iter().map(|s| s.to_string()));
+    wanted.extend(
+        PROVISIONING_MODULES
+            .iter()
+            .filter(|m| index.contains(m))
+            .map(|s| s.to_string()),
+    );
     if Path::new("/sys/firmware/efi").exists() {
         wanted.push("efivarfs".into());
     }
@@ -248,6 +260,35 @@ fn find_esp(cmdline: &Cmdline) -> Option<PathBuf> {
         }
     };
     blockdev::find_esp_on(&paths, &disk)
+}
+
+/// Grows the root partition and its file system to fill the disk
+/// ([`crate::growroot`]); a failure is reported and the boot goes on with
+/// the root as it is.
+fn grow_root(cmdline: &Cmdline) {
+    let Some(root) = cmdline.root.as_ref() else {
+        return;
+    };
+    let mib = |bytes: u64| bytes >> 20;
+    match crate::growroot::grow(&BlockPaths::default(), root, Path::new("/sysroot")) {
+        Ok(report) => {
+            if let Some((old, new)) = report.partition {
+                crate::say!(
+                    "root partition grown from {} MiB to {} MiB",
+                    mib(old),
+                    mib(new)
+                );
+            }
+            if let Some((old, new)) = report.filesystem {
+                crate::say!(
+                    "root file system grown from {} MiB to {} MiB",
+                    mib(old),
+                    mib(new)
+                );
+            }
+        }
+        Err(e) => crate::say!("growing the root: {}", crate::console::chain(&e)),
+    }
 }
 
 /// Converts "ready within `deadline` of boot" into an Instant.
@@ -331,6 +372,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     for e in ensure_var_dirs(Path::new("/")) {
         crate::say!("{e}");
     }
+    grow_root(cmdline);
     network::loopback_up();
     if provision() {
         // The data may have named another hostname.
