@@ -52,6 +52,11 @@ pub struct VmOptions {
     pub reboot: RebootPolicy,
     /// KVM or TCG; `None`: `$BERTH_ACCEL` (`kvm`/`tcg`), else the probe.
     pub accel: Option<AccelKind>,
+    /// Extra read-only raw disks after the boot disk (a NoCloud seed).
+    pub extra_drives: Vec<PathBuf>,
+    /// Grow the boot disk to this many bytes before the boot (the image
+    /// itself is never changed).
+    pub disk_size: Option<u64>,
 }
 
 impl VmOptions {
@@ -77,6 +82,18 @@ impl VmOptions {
                 file: file.clone(),
             });
         }
+        for (i, drive) in self.extra_drives.iter().enumerate() {
+            let mut spec = std::ffi::OsString::from(format!(
+                "if=none,id=extra{i},format=raw,readonly=on,file="
+            ));
+            spec.push(drive);
+            config.extra_args.extend([
+                "-drive".into(),
+                spec,
+                "-device".into(),
+                format!("virtio-blk-pci,drive=extra{i}").into(),
+            ]);
+        }
         config
     }
 }
@@ -92,6 +109,8 @@ impl Default for VmOptions {
             persistent_copy: false,
             reboot: RebootPolicy::Allow,
             accel: None,
+            extra_drives: Vec::new(),
+            disk_size: None,
         }
     }
 }
@@ -126,6 +145,25 @@ fn resolve_accel(requested: Option<AccelKind>) -> AccelKind {
             choice.accel
         }
     }
+}
+
+/// Grows a VM's disk (its overlay or private copy) to `size` bytes, as an
+/// operator does with `qemu-img resize` before the first boot.
+fn grow_disk(disk: &Path, format: DiskFormat, size: u64) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["resize", "-q", "-f", format.name()])
+        .arg(disk)
+        .arg(size.to_string())
+        .output()
+        .map_err(Error::io("running qemu-img resize"))?;
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "qemu-img resize {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
 }
 
 impl Vm {
@@ -165,6 +203,9 @@ impl Vm {
                 DiskFormat::Qcow2,
             )
         };
+        if let Some(size) = options.disk_size {
+            grow_disk(&disk, format, size)?;
+        }
         let config = options.qemu_config(&firmware, &vars, &disk, format);
         Vm::spawn(config, dir, disk)
     }

@@ -1,0 +1,263 @@
+//! First boot: one image becomes different machines. A NoCloud seed made by
+//! `cloud-localds` (a `cidata` volume on a second disk) names the host,
+//! gives root an SSH key that then logs in through QEMU port forwarding
+//! (Debian's OpenSSH client against the image's dropbear), writes a file
+//! and gives a service extra environment; on a disk grown to 4 GiB the root
+//! grows to fill it. A second VM from the same image, given other data
+//! through QEMU fw_cfg (what `berth run --config` passes), is another
+//! machine that the first one's key does not open. An invalid seed is
+//! reported and skipped, and the host still gets ready.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use berth_qemu_tests::{READY_TIMEOUT, Vm, VmOptions, image, skip_unless_qemu};
+
+const MANIFEST: &str = "qemu-tests/manifests/provision.toml";
+const SHELL: Duration = Duration::from_secs(60);
+/// An SSH login under TCG: key exchange and host key generation at the
+/// first connection are slow in an emulated guest.
+const SSH_TIMEOUT: Duration = Duration::from_secs(180);
+const GIB: u64 = 1 << 30;
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// An ed25519 key pair made by ssh-keygen: (private key file, public line).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("running ssh-keygen (openssh-client)");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// A NoCloud seed image, as an operator makes one.
+fn seed(dir: &Path, name: &str, user_data: &str, meta_data: &str) -> PathBuf {
+    let user = dir.join(format!("{name}.user-data"));
+    let meta = dir.join(format!("{name}.meta-data"));
+    std::fs::write(&user, user_data).unwrap();
+    std::fs::write(&meta, meta_data).unwrap();
+    let img = dir.join(format!("{name}.img"));
+    let out = Command::new("cloud-localds")
+        .arg(&img)
+        .arg(&user)
+        .arg(&meta)
+        .output()
+        .expect("running cloud-localds (cloud-image-utils)");
+    assert!(out.status.success(), "cloud-localds: {out:?}");
+    img
+}
+
+/// Runs `cmd` over SSH as root on the forwarded `port` with `key`.
+fn ssh(port: u16, key: &Path, cmd: &str) -> Output {
+    Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=60",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(key)
+        .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
+        .output()
+        .expect("running ssh (openssh-client)")
+}
+
+/// Logs in with `key` and runs `cmd`, retrying while the connection itself
+/// fails (exit 255 before authentication, e.g. during host key generation).
+fn ssh_ok(port: u16, key: &Path, cmd: &str) -> String {
+    let deadline = Instant::now() + SSH_TIMEOUT;
+    loop {
+        let out = ssh(port, key, cmd);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            Instant::now() < deadline && !err.contains("Permission denied"),
+            "ssh {cmd:?} with {}: {:?}\n{err}",
+            key.display(),
+            out.status
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// A login with `key` is refused (authentication, not connection, fails).
+fn assert_refused(port: u16, key: &Path) {
+    let deadline = Instant::now() + SSH_TIMEOUT;
+    loop {
+        let out = ssh(port, key, "true");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} logged in", key.display());
+        if err.contains("Permission denied") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal for {}: {err}",
+            key.display()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+fn sh(vm: &mut Vm, cmd: &str) -> String {
+    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
+    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
+    out.trim().to_string()
+}
+
+/// Size of the root file system in bytes, from `df`.
+fn root_size(vm: &mut Vm) -> u64 {
+    let out = sh(vm, "df -k /sysroot | tail -n 1");
+    let kib: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("df: {out}"));
+    kib * 1024
+}
+
+#[test]
+fn a_nocloud_seed_names_the_host_and_lets_its_key_in_and_the_root_fills_a_grown_disk() {
+    skip_unless_qemu!();
+    let image = image(Path::new(MANIFEST));
+    let dir = tempfile::tempdir().unwrap();
+    let (alpha_key, alpha_pub) = keypair(dir.path(), "alpha");
+    let (other_key, _) = keypair(dir.path(), "other");
+    let user_data = format!(
+        "#cloud-config\nhostname: alpha\nssh_authorized_keys:\n  - {alpha_pub}\nwrite_files:\n  - path: /etc/motd\n    content: welcome to alpha\nberth:\n  service_env:\n    greeter:\n      GREETING: hello-alpha\n"
+    );
+    let seed = seed(dir.path(), "alpha", &user_data, "instance-id: alpha-1\n");
+    let port = free_port();
+    let mut vm = Vm::boot(
+        &image,
+        VmOptions {
+            extra_drives: vec![seed],
+            disk_size: Some(4 * GIB),
+            publish: vec![format!("{port}:22").parse().unwrap()],
+            ..VmOptions::default()
+        },
+    )
+    .unwrap();
+    vm.wait_for_ready(READY_TIMEOUT).unwrap();
+    let console = vm.console_text();
+    assert!(
+        console.contains("provisioning: applied alpha-1 from "),
+        "{console}"
+    );
+    assert!(console.contains("root partition grown from"), "{console}");
+    assert!(console.contains("root file system grown from"), "{console}");
+    assert!(
+        console.contains("greeter: GREETING=hello-alpha"),
+        "{console}"
+    );
+
+    assert_eq!(sh(&mut vm, "hostname"), "alpha");
+    assert_eq!(sh(&mut vm, "cat /etc/motd"), "welcome to alpha");
+    assert!(sh(&mut vm, "cat /var/lib/berth/provisioned").starts_with("alpha-1\n"));
+    // The 1 GiB image on a 4 GiB disk: the root is the disk less the ESP
+    // and ext4's own overhead.
+    let size = root_size(&mut vm);
+    assert!(
+        size > 3 * GIB + GIB / 2 && size < 4 * GIB,
+        "root is {size} bytes"
+    );
+
+    assert_eq!(ssh_ok(port, &alpha_key, "hostname"), "alpha");
+    assert_refused(port, &other_key);
+}
+
+#[test]
+fn another_vm_from_the_same_image_is_another_machine_through_fw_cfg() {
+    skip_unless_qemu!();
+    let image = image(Path::new(MANIFEST));
+    let dir = tempfile::tempdir().unwrap();
+    let (beta_key, beta_pub) = keypair(dir.path(), "beta");
+    let (alpha_key, _) = keypair(dir.path(), "alpha");
+    let config = dir.path().join("beta.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "#cloud-config\nhostname: beta\nusers:\n  - name: ops\n    ssh_authorized_keys: [{beta_pub}]\nssh_authorized_keys: [{beta_pub}]\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut vm = Vm::boot(
+        &image,
+        VmOptions {
+            config: Some(config),
+            publish: vec![format!("{port}:22").parse().unwrap()],
+            ..VmOptions::default()
+        },
+    )
+    .unwrap();
+    vm.wait_for_ready(READY_TIMEOUT).unwrap();
+    let console = vm.console_text();
+    assert!(
+        console.contains("provisioning: applied sha256:") && console.contains("fw_cfg"),
+        "{console}"
+    );
+    // The image's own disk size: nothing to grow.
+    assert!(!console.contains("root partition grown"), "{console}");
+    assert_eq!(sh(&mut vm, "hostname"), "beta");
+    assert!(sh(&mut vm, "grep ^ops: /etc/passwd").starts_with("ops:"));
+    assert_eq!(ssh_ok(port, &beta_key, "hostname"), "beta");
+    assert_refused(port, &alpha_key);
+}
+
+#[test]
+fn an_invalid_seed_is_reported_and_skipped_and_the_host_gets_ready() {
+    skip_unless_qemu!();
+    let image = image(Path::new(MANIFEST));
+    let dir = tempfile::tempdir().unwrap();
+    let seed = seed(
+        dir.path(),
+        "broken",
+        "#cloud-config\nhostname: [broken\n",
+        "instance-id: broken-1\n",
+    );
+    let mut vm = Vm::boot(
+        &image,
+        VmOptions {
+            extra_drives: vec![seed],
+            ..VmOptions::default()
+        },
+    )
+    .unwrap();
+    vm.wait_for_ready(READY_TIMEOUT).unwrap();
+    let console = vm.console_text();
+    assert!(
+        console.contains("provisioning: NoCloud") && console.contains("skipped: user-data:"),
+        "{console}"
+    );
+    assert_eq!(sh(&mut vm, "hostname"), "unprovisioned");
+    let recorded = vm
+        .run_shell("test -e /var/lib/berth/provisioned", SHELL)
+        .unwrap();
+    assert_ne!(recorded.0, 0, "an invalid document was recorded as applied");
+}
