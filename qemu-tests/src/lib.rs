@@ -8,6 +8,8 @@
 //! - [`image`]: build a test image from a manifest once per content hash,
 //!   shared by every test process (cargo-nextest runs each test in its
 //!   own process), under `target/qemu-images/`.
+//! - [`registry`], [`oci`], [`containers`]: a local OCI registry, test
+//!   container images written by hand, and the container tests' fixture.
 //! - [`require_qemu`] / [`skip_unless_qemu!`]: tests say `skipped: why`
 //!   when QEMU or OVMF is missing; `BERTH_REQUIRE_QEMU=1` (CI) makes that
 //!   a failure.
@@ -19,7 +21,11 @@ use std::process::Command;
 use std::time::Duration;
 
 mod console;
+pub mod containers;
 pub mod fixture;
+pub mod http;
+pub mod oci;
+pub mod registry;
 pub mod updates;
 pub mod vm;
 

@@ -1,0 +1,487 @@
+//! Containers end to end: images from a real local registry, an OCI
+//! archive and a docker archive, built into the OS commit and run by crun
+//! under berth-init. A stateless web container is reachable from the host
+//! through QEMU port forwarding and runs as its image says, with its
+//! limits and hardening; a killed container comes back while the host's
+//! own services keep running; a stateful container keeps its volume across
+//! reboots and an upgrade; a build with a bad image fails with a message
+//! naming the container and the image, and writes nothing.
+//!
+//! The fixture (`berth_qemu_tests::containers`) writes the test images
+//! from busybox-static, starts Debian's docker-registry on 127.0.0.1 and
+//! generates the manifest from `qemu-tests/manifests/containers.toml.in`.
+
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_qemu_tests::containers::{self, GREETING, INDEX_HTML, Setup};
+use berth_qemu_tests::oci::{self, Entry, ImageSpec};
+use berth_qemu_tests::{
+    POWER_OFF_TIMEOUT, READY_TIMEOUT, UpdateServer, Vm, VmOptions, http, skip_unless_qemu,
+};
+
+const TEMPLATE: &str = "qemu-tests/manifests/containers.toml.in";
+const SHELL: Duration = Duration::from_secs(60);
+/// A restart under TCG: backoff, crun delete, crun run, readiness.
+const RESTART: Duration = Duration::from_secs(120);
+/// A pull and deploy under TCG, with the ESP write.
+const UPGRADE: Duration = Duration::from_secs(300);
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Options that publish the web container's port 8080 on `port`.
+fn published(port: u16) -> VmOptions {
+    VmOptions {
+        publish: vec![format!("{port}:8080").parse().unwrap()],
+        ..VmOptions::default()
+    }
+}
+
+/// Runs `cmd` in the guest and returns its output, failing on non-zero.
+fn sh(vm: &mut Vm, cmd: &str) -> String {
+    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
+    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
+    out
+}
+
+/// `berthctl services --json`.
+fn services(vm: &mut Vm) -> Vec<serde_json::Value> {
+    let out = sh(vm, "berthctl services --json");
+    let start = out.find('[').unwrap_or(0);
+    serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("services --json: {e}:\n{out}"))
+}
+
+fn service(list: &[serde_json::Value], name: &str) -> serde_json::Value {
+    list.iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no service {name} in {list:?}"))
+}
+
+/// Polls `berthctl services` until `name` satisfies `done`.
+fn wait_service(
+    vm: &mut Vm,
+    name: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + RESTART;
+    loop {
+        let s = service(&services(vm), name);
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{name} never got {what}: {s}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The host PID of container `name`'s first process, from crun's state.
+fn container_pid(vm: &mut Vm, name: &str) -> i64 {
+    let out = sh(vm, &format!("crun state {name}"));
+    let start = out.find('{').unwrap_or(0);
+    let state: serde_json::Value = serde_json::from_str(&out[start..])
+        .unwrap_or_else(|e| panic!("crun state {name}: {e}:\n{out}"));
+    assert_eq!(state["status"], "running", "{state}");
+    state["pid"].as_i64().unwrap()
+}
+
+/// Waits until this boot's console shows `text` anywhere (before or
+/// after the ready line: services start in parallel).
+fn wait_console(vm: &mut Vm, text: &str) {
+    let deadline = Instant::now() + RESTART;
+    while !vm.console_text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} on the console:\n{}",
+            vm.console_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn info_line<'a>(body: &'a str, key: &str) -> &'a str {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in:\n{body}"))
+}
+
+#[test]
+fn web_container_serves_the_host_as_its_image_says() {
+    skip_unless_qemu!();
+    let image = containers::image(Path::new(TEMPLATE));
+    let port = free_port();
+    let mut vm = Vm::boot(&image, published(port)).unwrap();
+    vm.wait_for_ready(READY_TIMEOUT).unwrap();
+
+    // From the host, through QEMU's port forwarding.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let index = http::get_until(port, "/", 200, deadline).unwrap();
+    assert_eq!((index.status, index.body.as_str()), (200, INDEX_HTML));
+    let old = http::get(port, "/old.html", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        old.status, 404,
+        "a whiteout in the image's top layer deletes it"
+    );
+
+    // What the container sees of itself (a CGI script of the image).
+    let info = http::get(port, "/cgi-bin/info", Duration::from_secs(30)).unwrap();
+    assert_eq!(info.status, 200, "{info:?}");
+    let body = info.body;
+    let greeting = GREETING.split_once('=').unwrap().1;
+    assert_eq!(info_line(&body, "greeting="), greeting, "image Env");
+    assert_eq!(info_line(&body, "site="), "berth", "manifest env");
+    assert_eq!(info_line(&body, "uid="), "33", "image User www");
+    assert_eq!(info_line(&body, "memory.max="), "67108864", "memory = 64M");
+    assert_eq!(info_line(&body, "cpu.max="), "50000 100000", "cpus = 0.5");
+    assert_eq!(info_line(&body, "root="), "read-only");
+    assert_eq!(info_line(&body, "tmp="), "writable", "tmpfs /tmp");
+    assert_eq!(info_line(&body, "NoNewPrivs:"), "1");
+    assert_eq!(info_line(&body, "Seccomp:"), "2", "a seccomp filter");
+    assert_eq!(
+        info_line(&body, "CapBnd:"),
+        "00000000a80425fb",
+        "Docker's default capabilities"
+    );
+    assert_eq!(
+        info_line(&body, "CapEff:"),
+        "0000000000000000",
+        "a non-root user has none"
+    );
+    assert_eq!(info_line(&body, "CapAmb:"), "0000000000000000");
+
+    // The same from the guest: the container's cgroup, its root.
+    assert_eq!(
+        sh(&mut vm, "cat /sys/fs/cgroup/berth/web/memory.max").trim(),
+        "67108864"
+    );
+    assert_eq!(
+        sh(&mut vm, "cat /sys/fs/cgroup/berth/web/cpu.max").trim(),
+        "50000 100000"
+    );
+    let (code, out) = vm
+        .run_shell("crun exec --user 0 web touch /written", SHELL)
+        .unwrap();
+    assert_ne!(code, 0, "root could write to the container's /: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert_eq!(
+        sh(
+            &mut vm,
+            "crun exec --user 0 web sh -c 'echo ok > /tmp/t && cat /tmp/t'"
+        )
+        .trim(),
+        "ok"
+    );
+    assert_eq!(sh(&mut vm, "crun exec web hostname").trim(), "web");
+    // Namespaces: its own pid, mount, ipc, uts; the host's network.
+    let pid = container_pid(&mut vm, "web");
+    for ns in ["pid", "mnt", "ipc", "uts"] {
+        let (host, container) = (
+            sh(&mut vm, &format!("readlink /proc/1/ns/{ns}")),
+            sh(&mut vm, &format!("readlink /proc/{pid}/ns/{ns}")),
+        );
+        assert_ne!(host, container, "{ns} namespace shared with the host");
+    }
+    assert_eq!(
+        sh(&mut vm, "readlink /proc/1/ns/net"),
+        sh(&mut vm, &format!("readlink /proc/{pid}/ns/net")),
+        "network = host"
+    );
+    // network = "none": loopback only.
+    let links = sh(&mut vm, "crun exec counter cat /proc/net/dev");
+    assert!(links.contains("lo:") && !links.contains("eth0"), "{links}");
+
+    // berthctl knows them as containers, with state, PID and logs.
+    let list = services(&mut vm);
+    for name in ["web", "counter", "idle"] {
+        let s = service(&list, name);
+        assert_eq!(s["kind"], "container", "{s}");
+        assert_eq!(s["state"], "ready", "{s}");
+        assert!(s["pid"].as_i64().is_some_and(|p| p > 1), "{s}");
+        assert_eq!(s["restarts"], 0, "{s}");
+    }
+    let logs = sh(&mut vm, "berthctl logs counter");
+    assert!(
+        logs.contains(&format!("counter: start 1 in /tmp, {greeting}")),
+        "command override keeps the image's WorkingDir and Env:\n{logs}"
+    );
+    assert!(
+        sh(&mut vm, "berthctl logs idle").contains("idle up in /tmp"),
+        "the docker archive's Entrypoint + Cmd ran"
+    );
+}
+
+#[test]
+fn killed_containers_come_back_and_host_services_keep_running() {
+    skip_unless_qemu!();
+    let image = containers::image(Path::new(TEMPLATE));
+    let port = free_port();
+    let mut vm = Vm::boot(&image, published(port)).unwrap();
+    vm.wait_for_ready(READY_TIMEOUT).unwrap();
+    let heartbeat = service(&services(&mut vm), "heartbeat");
+
+    // The container's own process dies: crun exits, berth-init restarts it.
+    let web = container_pid(&mut vm, "web");
+    sh(&mut vm, &format!("kill -9 {web}"));
+    let s = wait_service(&mut vm, "web", "restarted and ready", |s| {
+        s["restarts"] == 1 && s["state"] == "ready"
+    });
+    assert_eq!(s["last_exit"], "exit 137", "{s}");
+    assert_ne!(container_pid(&mut vm, "web"), web);
+    let page = http::get_until(port, "/", 200, Instant::now() + RESTART).unwrap();
+    assert_eq!(page.body, INDEX_HTML);
+
+    // crun itself dies: its container is left running with its state in
+    // /run/crun, and the restart must clean that up, not fail on it.
+    let idle_crun = service(&services(&mut vm), "idle")["pid"].as_i64().unwrap();
+    let idle = container_pid(&mut vm, "idle");
+    sh(&mut vm, &format!("kill -9 {idle_crun}"));
+    wait_service(&mut vm, "idle", "restarted and ready", |s| {
+        s["restarts"] == 1 && s["state"] == "ready"
+    });
+    let new_idle = container_pid(&mut vm, "idle");
+    assert_ne!(new_idle, idle);
+    let (code, _) = vm
+        .run_shell(&format!("test -d /proc/{idle}"), SHELL)
+        .unwrap();
+    assert_ne!(code, 0, "the orphaned container {idle} still runs");
+    let listed = sh(&mut vm, "crun list");
+    assert_eq!(listed.matches("\nidle ").count(), 1, "{listed}");
+
+    // Meanwhile the host's own service never stopped.
+    let list = services(&mut vm);
+    let now = service(&list, "heartbeat");
+    assert_eq!(now["pid"], heartbeat["pid"], "{now}");
+    assert_eq!(now["restarts"], 0, "{now}");
+    assert_eq!(service(&list, "counter")["restarts"], 0);
+}
+
+/// Powers off and checks the containers stopped in order: the stop
+/// signal reaches a container that handles it (crun forwards it).
+fn power_off_cleanly(vm: &mut Vm) {
+    let mark = vm.console_text().len();
+    vm.power_off_and_wait(POWER_OFF_TIMEOUT).unwrap();
+    let shutdown = vm.console_text()[mark..].to_string();
+    for line in [
+        "[counter] counter stopping",
+        "counter: stopped (exit 0)",
+        "[idle] idle stopping",
+        "idle: stopped (exit 0)",
+        "web: stopped",
+    ] {
+        assert!(
+            shutdown.contains(line),
+            "no {line:?} at shutdown:\n{shutdown}"
+        );
+    }
+}
+
+#[test]
+fn volumes_keep_their_data_across_reboots() {
+    skip_unless_qemu!();
+    let image = containers::image(Path::new(TEMPLATE));
+    let options = VmOptions {
+        persistent_copy: true,
+        ..VmOptions::default()
+    };
+    let mut vm = Vm::boot(&image, options.clone()).unwrap();
+    for boot in 1..=3 {
+        if boot > 1 {
+            power_off_cleanly(&mut vm);
+            vm = vm.reboot_from(options.clone()).unwrap();
+        }
+        vm.wait_for_ready(READY_TIMEOUT).unwrap();
+        wait_console(&mut vm, &format!("counter: start {boot} in /tmp"));
+    }
+    assert_eq!(
+        sh(&mut vm, "cat /var/lib/berth/volumes/counter/data/count").trim(),
+        "3"
+    );
+    assert!(
+        !vm.console_text().contains("recovery complete"),
+        "ext4 replayed its journal: unclean shutdown"
+    );
+}
+
+#[test]
+fn containers_and_their_data_follow_an_upgrade() {
+    skip_unless_qemu!();
+    let setup = Setup::start().unwrap();
+    let v1 = setup.image(Path::new(TEMPLATE)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = setup
+        .manifest(Path::new(TEMPLATE), &dir.path().join("containers.toml"))
+        .unwrap();
+    let text = std::fs::read_to_string(&v2).unwrap();
+    let text = text
+        .replace("version = \"1.0.0\"", "version = \"2.0.0\"")
+        .replace("SITE = \"berth\"", "SITE = \"berth-two\"");
+    std::fs::write(&v2, text).unwrap();
+    let server = UpdateServer::start(&v1).unwrap();
+    server.publish(&v2).unwrap();
+    drop(setup); // the registry is needed only to build
+
+    let port = free_port();
+    let options = VmOptions {
+        persistent_copy: true,
+        guest_forwards: vec![server.forward()],
+        ..published(port)
+    };
+    let mut vm = Vm::boot(&v1, options).unwrap();
+    vm.wait_for("ready image=containers version=1.0.0", READY_TIMEOUT)
+        .unwrap();
+    wait_console(&mut vm, "counter: start 1 in");
+    let info = http::get_until(port, "/cgi-bin/info", 200, Instant::now() + RESTART).unwrap();
+    assert_eq!(info_line(&info.body, "site="), "berth");
+
+    vm.send_line("berthctl upgrade --reboot").unwrap();
+    vm.wait_for("it boots next, on trial", UPGRADE).unwrap();
+    vm.wait_for("ready image=containers version=2.0.0", READY_TIMEOUT * 2)
+        .unwrap();
+    wait_console(&mut vm, "counter: start 2 in");
+    // The new version's container configuration, the same volume.
+    let info = http::get_until(port, "/cgi-bin/info", 200, Instant::now() + RESTART).unwrap();
+    assert_eq!(info_line(&info.body, "site="), "berth-two");
+    assert_eq!(
+        sh(&mut vm, "cat /var/lib/berth/volumes/counter/data/count").trim(),
+        "2"
+    );
+}
+
+/// What `berth build` must leave alone: the image file (same inode, size,
+/// time) and the repository's ref, and no stray files next to them.
+fn snapshot(out: &Path) -> (Vec<String>, (u64, u64, i64), String) {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let m = std::fs::metadata(out.join("containers.raw")).unwrap();
+    let head = std::fs::read_to_string(out.join("repo/refs/heads/berth/containers/x86_64"))
+        .unwrap_or_default();
+    (names, (m.ino(), m.len(), m.mtime()), head)
+}
+
+/// A one-container manifest naming `image`.
+fn broken_manifest(dir: &Path, image: &str) -> PathBuf {
+    let path = dir.join("broken.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"containers\"\nversion = \"1.0.1\"\n\n[source]\npackages = [\"busybox-static\", \"crun\"]\n\n[[container]]\nname = \"broken\"\nimage = \"{image}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A layout whose only layer blob no longer matches its digest.
+fn corrupt_layout(dir: &Path) -> String {
+    // Unique content: skopeo must not find the blob in the cache already.
+    let unique = format!("{:?} {}", Instant::now(), std::process::id());
+    let spec = ImageSpec {
+        layers: vec![vec![Entry::File("id".into(), unique.into_bytes(), 0o644)]],
+        cmd: vec!["/id".into()],
+        ..ImageSpec::default()
+    };
+    let img = oci::write_layout(dir, "1", &spec).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest_path = dir.join("blobs/sha256").join(&manifest_digest[7..]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest_path).unwrap()).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let blob = dir.join("blobs/sha256").join(&layer[7..]);
+    let mut data = std::fs::read(&blob).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(&blob, data).unwrap();
+    img.reference()
+}
+
+#[test]
+fn bad_images_fail_the_build_naming_container_and_image() {
+    // No QEMU needed: only `berth build`, skopeo and the registry.
+    let setup = Setup::start().unwrap();
+    let good = setup.image(Path::new(TEMPLATE)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .args(["-a", "--sparse=always", "--reflink=auto"])
+        .arg(&good)
+        .arg(good.with_file_name("repo"))
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let before = snapshot(out.path());
+
+    let inputs = tempfile::tempdir().unwrap();
+    let arm = oci::write_layout(
+        &inputs.path().join("arm"),
+        "1",
+        &ImageSpec {
+            layers: vec![vec![Entry::File("hello".into(), b"hi".to_vec(), 0o755)]],
+            cmd: vec!["/hello".into()],
+            architecture: Some("arm64".into()),
+            ..ImageSpec::default()
+        },
+    )
+    .unwrap();
+    let corrupt = corrupt_layout(&inputs.path().join("corrupt"));
+    let port = setup.registry.port;
+    let cases = [
+        (
+            format!("docker://127.0.0.1:{port}/demo/missing:1"),
+            "manifest unknown",
+        ),
+        // Nothing listens on port 9 (discard) of loopback.
+        (
+            "docker://127.0.0.1:9/demo/httpd:1".into(),
+            "connection refused",
+        ),
+        ("ftp://example.com/demo/httpd:1".into(), "known transport"),
+        (
+            format!("oci-archive:{}/none.tar", inputs.path().display()),
+            "no such file",
+        ),
+        (arm.reference(), "linux/arm64, not linux/amd64"),
+        (corrupt, "digest"),
+    ];
+    for (image, why) in cases {
+        let manifest = broken_manifest(inputs.path(), &image);
+        let result = Command::new(berth_qemu_tests::fixture::berth_bin())
+            .arg("build")
+            .arg(&manifest)
+            .arg("--output")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{image}: {stderr}");
+        assert!(
+            stderr.contains("container \"broken\""),
+            "{image}: the message does not name the container:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&image),
+            "{image}: the message does not name the image:\n{stderr}"
+        );
+        assert!(
+            stderr.to_lowercase().contains(why),
+            "{image}: expected {why:?} in:\n{stderr}"
+        );
+        assert_eq!(
+            snapshot(out.path()),
+            before,
+            "{image}: the build touched the output"
+        );
+    }
+}
