@@ -84,8 +84,6 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let bins = binaries::find()?;
     let req = PackageRequest::from_manifest(&m);
     let cache = Cache::new(opts.cache_dir.clone().unwrap_or_else(Cache::default_root));
-    std::fs::create_dir_all(&opts.output)
-        .with_context(|| format!("creating {}", opts.output.display()))?;
     let repo_path = opts
         .repo
         .clone()
@@ -110,6 +108,10 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let kver = base.info.kernel_version.clone();
 
     progress.stage("assemble", "writing Berth's files");
+    // Only now: a build that fails on its inputs (a package, an image)
+    // leaves no trace, not even an empty output directory.
+    std::fs::create_dir_all(&opts.output)
+        .with_context(|| format!("creating {}", opts.output.display()))?;
     let work = WorkDir::create(&opts.output, &m.name)?;
     let overlay_dir = work.path.join("overlay");
     std::fs::create_dir_all(&overlay_dir)?;
@@ -129,7 +131,16 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let (archive, modules) =
         initramfs::contents(&base.dir, &kver, &init, initramfs::INITRD_RELEASE)
             .context("collecting the initramfs contents")?;
-    let mtime = u32::try_from(timestamp).unwrap_or(u32::MAX);
+    // The archive's file times come from its inputs, not from the build:
+    // the kernel's own time (its package's), clamped to the build time. A
+    // rebuild with the same kernel and berth-init then gives the same
+    // initramfs, which an upgrade does not download again.
+    let kernel_time = std::fs::metadata(base.dir.join(format!("usr/lib/modules/{kver}/vmlinuz")))
+        .ok()
+        .and_then(|md| md.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(timestamp, |d| d.as_secs().min(timestamp));
+    let mtime = u32::try_from(kernel_time).unwrap_or(u32::MAX);
     let image = initramfs::compress(&archive.encode(mtime)?)?;
     let initramfs_path = overlay_dir.join(format!("usr/lib/modules/{kver}/initramfs.img"));
     std::fs::create_dir_all(initramfs_path.parent().unwrap_or(&overlay_dir))?;

@@ -455,15 +455,29 @@ fn bad_images_fail_the_build_naming_container_and_image() {
         (arm.reference(), "linux/arm64, not linux/amd64"),
         (corrupt, "digest"),
     ];
+    let build = |manifest: &Path, output: &Path| {
+        Command::new(berth_qemu_tests::fixture::berth_bin())
+            .arg("build")
+            .arg(manifest)
+            .arg("--output")
+            .arg(output)
+            .output()
+            .unwrap()
+    };
+    // Into an output directory that does not exist yet: not even that
+    // directory is created.
+    let fresh = inputs.path().join("fresh-output");
+    let result = build(&broken_manifest(inputs.path(), &cases[0].0), &fresh);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(
+        !fresh.exists(),
+        "a failed build created {}",
+        fresh.display()
+    );
+
     for (image, why) in cases {
         let manifest = broken_manifest(inputs.path(), &image);
-        let result = Command::new(berth_qemu_tests::fixture::berth_bin())
-            .arg("build")
-            .arg(&manifest)
-            .arg("--output")
-            .arg(out.path())
-            .output()
-            .unwrap();
+        let result = build(&manifest, out.path());
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert_eq!(result.status.code(), Some(2), "{image}: {stderr}");
         assert!(
