@@ -113,13 +113,18 @@ fn info_line<'a>(body: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in:\n{body}"))
 }
 
+/// One VM for the stateless checks: the web page from the host, the
+/// containers as their images and the manifest say, `berthctl services`
+/// and `logs`; then killed containers come back while the host's own
+/// service keeps running.
 #[test]
-fn web_container_serves_the_host_as_its_image_says() {
+fn web_container_serves_the_host_and_killed_containers_come_back() {
     skip_unless_qemu!();
     let image = containers::image(Path::new(TEMPLATE));
     let port = free_port();
     let mut vm = Vm::boot(&image, published(port)).unwrap();
     vm.wait_for_ready(READY_TIMEOUT).unwrap();
+    let heartbeat = service(&services(&mut vm), "heartbeat");
 
     // From the host, through QEMU's port forwarding.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -216,16 +221,6 @@ fn web_container_serves_the_host_as_its_image_says() {
         sh(&mut vm, "berthctl logs idle").contains("idle up in /tmp"),
         "the docker archive's Entrypoint + Cmd ran"
     );
-}
-
-#[test]
-fn killed_containers_come_back_and_host_services_keep_running() {
-    skip_unless_qemu!();
-    let image = containers::image(Path::new(TEMPLATE));
-    let port = free_port();
-    let mut vm = Vm::boot(&image, published(port)).unwrap();
-    vm.wait_for_ready(READY_TIMEOUT).unwrap();
-    let heartbeat = service(&services(&mut vm), "heartbeat");
 
     // The container's own process dies: crun exits, berth-init restarts it.
     let web = container_pid(&mut vm, "web");
