@@ -212,6 +212,17 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
         assert!(s["pid"].as_i64().is_some_and(|p| p > 1), "{s}");
         assert_eq!(s["restarts"], 0, "{s}");
     }
+    // The table a user reads says so too.
+    let table = sh(&mut vm, "berthctl services");
+    for name in ["web", "counter", "idle"] {
+        let row: Vec<&str> = table
+            .lines()
+            .map(str::split_whitespace)
+            .map(Iterator::collect)
+            .find(|r: &Vec<&str>| r.first() == Some(&name))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{table}"));
+        assert_eq!(row[1..3], ["container", "ready"], "{table}");
+    }
     let logs = sh(&mut vm, "berthctl logs counter");
     assert!(
         logs.contains(&format!("counter: start 1 in /tmp, {greeting}")),
