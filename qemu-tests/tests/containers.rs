@@ -261,6 +261,20 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
     let listed = sh(&mut vm, "crun list");
     assert_eq!(listed.matches("\nidle ").count(), 1, "{listed}");
 
+    // `berthctl restart`: httpd, PID 1 of its namespace, ignores SIGTERM,
+    // so this is the whole stop path: signal, stop-timeout, kill, delete.
+    let (crun_pid, web) = (
+        service(&services(&mut vm), "web")["pid"].clone(),
+        container_pid(&mut vm, "web"),
+    );
+    sh(&mut vm, "berthctl restart web");
+    wait_service(&mut vm, "web", "restarted by berthctl", |s| {
+        s["restarts"] == 2 && s["state"] == "ready" && s["pid"] != crun_pid
+    });
+    assert_ne!(container_pid(&mut vm, "web"), web);
+    let page = http::get_until(port, "/", 200, Instant::now() + RESTART).unwrap();
+    assert_eq!(page.body, INDEX_HTML);
+
     // Meanwhile the host's own service never stopped.
     let list = services(&mut vm);
     let now = service(&list, "heartbeat");
