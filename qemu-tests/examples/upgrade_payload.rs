@@ -71,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kernel = kernel_objects(&server.repo)?;
     let pct = |b: u64| 100.0 * b as f64 / image_bytes as f64;
     println!(
-        "| Upgrade, one-file change: bytes fetched (berthctl) | {} ({:.2}% of the {:.1} MiB image); pull+deploy {} (berthctl), {:.1}s whole command | A/B: {:.1} MiB | ≤ 1% of the image | {} |",
+        "| Upgrade, one-file change: bytes fetched (berthctl) | {} ({:.3}% of the {:.1} MiB image); pull+deploy {} (berthctl), {:.1}s whole command | A/B: {:.1} MiB | ≤ 1% of the image | {} |",
         fetched_text,
         pct(fetched),
         image_bytes as f64 / MIB,
