@@ -109,6 +109,7 @@ fn prepare(
     let tls = c.tls_verify.unwrap_or(!loopback_registry(&reference));
     let layout = cache.root().join("oci");
     let tag = format!("{}-{}", m.name, c.name);
+    let _lock = lock_cache(cache)?;
     let img = image::fetch(&reference, &layout, &tag, tls)?;
     let digest_hex = img
         .manifest_digest
@@ -168,6 +169,22 @@ fn prepare(
         mount_points,
         service: service(c),
     })
+}
+
+/// Builds running at the same time take turns to fetch and unpack: skopeo
+/// rewrites the cache layout's `index.json` whole (two copies at once
+/// could each drop the other's tag), and an unpacked root without its
+/// `complete` mark would be another build's work in progress, not an
+/// interrupted one to remove. Held until the returned file is dropped.
+fn lock_cache(cache: &Cache) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(cache.root())
+        .with_context(|| format!("creating {}", cache.root().display()))?;
+    let path = cache.root().join("containers.lock");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// The supervised service that runs container `c` with crun. Stale state
