@@ -4,13 +4,16 @@
 //!   manifest and `berth-init` reads at boot.
 //! - [`control`]: the protocol on berth-init's control socket, spoken by
 //!   `berthctl`.
+//! - [`provisioning`]: where per-host data is found (fw_cfg, `cidata`
+//!   volumes), for berth-init and `berthctl provision`.
 //! - [`READY_PREFIX`] and [`ready_line`]: the one line stage 2 prints when the
 //!   host is up, which tests and `berth run` wait for.
 //!
-//! It holds data and its encoding only: no I/O beyond reading a file.
+//! It holds data and its encoding only: no I/O beyond reading files.
 
 pub mod config;
 pub mod control;
+pub mod provisioning;
 
 /// The start of the line stage 2 prints on the console once every required
 /// service is ready. Stable: tests and tools match on it.

@@ -16,8 +16,7 @@ use sha2::{Digest, Sha256};
 
 /// The record of what was applied (instance id, source).
 pub const RECORD: &str = "var/lib/berth/provisioned";
-/// SSH keys the image gives root (from the manifest's `[ssh]`).
-pub const IMAGE_ROOT_KEYS: &str = "usr/lib/berth/ssh/authorized_keys";
+pub use berth_hostapi::provisioning::IMAGE_ROOT_KEYS;
 
 /// What a provisioning run found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
