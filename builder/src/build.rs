@@ -483,7 +483,9 @@ fn print_summary(out: &BuildOutput, progress: &Progress, total: f64) {
             .parent
             .as_deref()
             .map_or("none".to_string(), short),
-        if out.commit.delta {
+        if out.commit.unchanged {
+            ", unchanged (same tree and version: no new commit)"
+        } else if out.commit.delta {
             ", static delta written"
         } else {
             ""

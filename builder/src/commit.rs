@@ -24,6 +24,9 @@ pub struct CommitResult {
     pub parent: Option<String>,
     /// Whether a static delta from the parent was written.
     pub delta: bool,
+    /// The ref's commit already had this tree and version: it was kept and
+    /// nothing was written (no identical "new version" for hosts).
+    pub unchanged: bool,
 }
 
 /// What to commit.
@@ -130,6 +133,24 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     let root = root
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
+    if let Some(parent) = parent
+        .as_deref()
+        .filter(|p| same_tree_and_version(&repo, p, &root, spec.version))
+    {
+        repo.abort_transaction(none)
+            .context("ending the OSTree transaction")?;
+        let grandparent = repo
+            .load_commit(parent)
+            .ok()
+            .and_then(|(commit, _)| ostree::commit_get_parent(&commit))
+            .map(|s| s.to_string());
+        return Ok(CommitResult {
+            checksum: parent.to_string(),
+            parent: grandparent,
+            delta: false,
+            unchanged: true,
+        });
+    }
     let meta = glib::VariantDict::new(None);
     meta.insert_value("version", &spec.version.to_variant());
     meta.insert_value("ostree.bootable", &true.to_variant());
@@ -189,7 +210,38 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
         checksum,
         parent,
         delta,
+        unchanged: false,
     })
+}
+
+/// Whether commit `parent` has the same root tree (contents and metadata)
+/// as `root` and the same `version`: then a build changed nothing, and a
+/// new commit would only offer hosts an identical "upgrade".
+fn same_tree_and_version(
+    repo: &ostree::Repo,
+    parent: &str,
+    root: &ostree::RepoFile,
+    version: &str,
+) -> bool {
+    let Ok((file, _)) = repo.read_commit(parent, gio::Cancellable::NONE) else {
+        return false;
+    };
+    let Ok(previous) = file.downcast::<ostree::RepoFile>() else {
+        return false;
+    };
+    if previous.ensure_resolved().is_err() || root.ensure_resolved().is_err() {
+        return false;
+    }
+    let same_tree = previous.tree_get_contents_checksum().is_some()
+        && previous.tree_get_contents_checksum() == root.tree_get_contents_checksum()
+        && previous.tree_get_metadata_checksum() == root.tree_get_metadata_checksum();
+    let previous_version = repo.load_commit(parent).ok().and_then(|(commit, _)| {
+        glib::VariantDict::new(Some(&commit.child_value(0)))
+            .lookup::<String>("version")
+            .ok()
+            .flatten()
+    });
+    same_tree && previous_version.as_deref() == Some(version)
 }
 
 /// The tree checksums (contents, metadata) of a cached directory in
@@ -253,4 +305,79 @@ fn sync_repo(path: &Path) -> anyhow::Result<()> {
     let dir = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     rustix::fs::syncfs(&dir).with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Paths of one test repository and its inputs.
+    struct Paths {
+        base: std::path::PathBuf,
+        overlay: std::path::PathBuf,
+        repo: std::path::PathBuf,
+        roots: std::path::PathBuf,
+    }
+
+    fn spec<'a>(p: &'a Paths, version: &'a str) -> CommitSpec<'a> {
+        CommitSpec {
+            repo: &p.repo,
+            ostree_ref: "berth/test/x86_64",
+            base: CachedTree {
+                dir: &p.base,
+                roots: &p.roots,
+            },
+            containers: &[],
+            overlay: &p.overlay,
+            version,
+            subject: "test",
+            timestamp: 1_700_000_000,
+            gpg: None,
+        }
+    }
+
+    #[test]
+    fn an_unchanged_build_keeps_the_commit_and_a_change_makes_a_child() -> anyhow::Result<()> {
+        let dirs = tempfile::tempdir()?;
+        std::fs::create_dir_all(dirs.path().join("base/usr/lib"))?;
+        std::fs::write(dirs.path().join("base/usr/lib/libx.so"), "base")?;
+        std::fs::create_dir_all(dirs.path().join("overlay/usr/lib"))?;
+        std::fs::write(
+            dirs.path().join("overlay/usr/lib/os-release"),
+            "VERSION_ID=1\n",
+        )?;
+        let p = Paths {
+            base: dirs.path().join("base"),
+            overlay: dirs.path().join("overlay"),
+            repo: dirs.path().join("repo"),
+            roots: dirs.path().join("roots.json"),
+        };
+
+        let first = commit(&spec(&p, "1"))?;
+        assert!(!first.unchanged && first.parent.is_none());
+
+        let again = commit(&spec(&p, "1"))?;
+        assert!(again.unchanged, "{again:?}");
+        assert_eq!(again.checksum, first.checksum);
+        assert!(!again.delta);
+
+        std::fs::write(
+            dirs.path().join("overlay/usr/lib/os-release"),
+            "VERSION_ID=2\n",
+        )?;
+        let changed = commit(&spec(&p, "2"))?;
+        assert!(!changed.unchanged && changed.delta, "{changed:?}");
+        assert_eq!(changed.parent.as_deref(), Some(first.checksum.as_str()));
+
+        // The same tree under another version is a new commit too.
+        let renamed = commit(&spec(&p, "2.1"))?;
+        assert!(!renamed.unchanged);
+        assert_eq!(renamed.parent.as_deref(), Some(changed.checksum.as_str()));
+        // And building it again keeps it, naming its own parent.
+        let kept = commit(&spec(&p, "2.1"))?;
+        assert!(kept.unchanged);
+        assert_eq!(kept.checksum, renamed.checksum);
+        assert_eq!(kept.parent.as_deref(), Some(changed.checksum.as_str()));
+        Ok(())
+    }
 }
