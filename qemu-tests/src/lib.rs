@@ -30,7 +30,7 @@ pub mod updates;
 pub mod vm;
 
 pub use fixture::{image, try_image, workspace_root};
-pub use updates::UpdateServer;
+pub use updates::{UpdateServer, free_port};
 pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, Vm, VmOptions};
 
 /// Why a harness step failed.

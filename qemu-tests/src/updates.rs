@@ -129,7 +129,9 @@ impl Drop for UpdateServer {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A TCP port on 127.0.0.1 that nothing listens on right now (for an
+/// update server, or a host port to forward into a guest).
+pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(Error::io("finding a free port"))?;
     let port = l
         .local_addr()

@@ -11,7 +11,6 @@
 //! from busybox-static, starts Debian's docker-registry on 127.0.0.1 and
 //! generates the manifest from `qemu-tests/manifests/containers.toml.in`.
 
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +19,8 @@ use std::time::{Duration, Instant};
 use berth_qemu_tests::containers::{self, GREETING, INDEX_HTML, Setup};
 use berth_qemu_tests::oci::{self, Entry, ImageSpec};
 use berth_qemu_tests::{
-    POWER_OFF_TIMEOUT, READY_TIMEOUT, UpdateServer, Vm, VmOptions, http, skip_unless_qemu,
+    POWER_OFF_TIMEOUT, READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, http,
+    skip_unless_qemu,
 };
 
 const TEMPLATE: &str = "qemu-tests/manifests/containers.toml.in";
@@ -29,11 +29,6 @@ const SHELL: Duration = Duration::from_secs(60);
 const RESTART: Duration = Duration::from_secs(120);
 /// A pull and deploy under TCG, with the ESP write.
 const UPGRADE: Duration = Duration::from_secs(300);
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// Options that publish the web container's port 8080 on `port`.
 fn published(port: u16) -> VmOptions {
@@ -121,7 +116,7 @@ fn info_line<'a>(body: &'a str, key: &str) -> &'a str {
 fn web_container_serves_the_host_and_killed_containers_come_back() {
     skip_unless_qemu!();
     let image = containers::image(Path::new(TEMPLATE));
-    let port = free_port();
+    let port = free_port().unwrap();
     let mut vm = Vm::boot(&image, published(port)).unwrap();
     vm.wait_for_ready(READY_TIMEOUT).unwrap();
     let heartbeat = service(&services(&mut vm), "heartbeat");
@@ -348,7 +343,7 @@ fn containers_and_their_data_follow_an_upgrade() {
     server.publish(&v2).unwrap();
     drop(setup); // the registry is needed only to build
 
-    let port = free_port();
+    let port = free_port().unwrap();
     let options = VmOptions {
         persistent_copy: true,
         guest_forwards: vec![server.forward()],

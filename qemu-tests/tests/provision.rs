@@ -8,12 +8,11 @@
 //! machine that the first one's key does not open. An invalid seed is
 //! reported and skipped, and the host still gets ready.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use berth_qemu_tests::{READY_TIMEOUT, Vm, VmOptions, image, skip_unless_qemu};
+use berth_qemu_tests::{READY_TIMEOUT, Vm, VmOptions, free_port, image, skip_unless_qemu};
 
 const MANIFEST: &str = "qemu-tests/manifests/provision.toml";
 const SHELL: Duration = Duration::from_secs(60);
@@ -21,11 +20,6 @@ const SHELL: Duration = Duration::from_secs(60);
 /// first connection are slow in an emulated guest.
 const SSH_TIMEOUT: Duration = Duration::from_secs(180);
 const GIB: u64 = 1 << 30;
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// An ed25519 key pair made by ssh-keygen: (private key file, public line).
 fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
@@ -152,7 +146,7 @@ fn a_nocloud_seed_names_the_host_and_lets_its_key_in_and_the_root_fills_a_grown_
         "#cloud-config\nhostname: alpha\nssh_authorized_keys:\n  - {alpha_pub}\nwrite_files:\n  - path: /etc/motd\n    content: welcome to alpha\nberth:\n  service_env:\n    greeter:\n      GREETING: hello-alpha\n"
     );
     let seed = seed(dir.path(), "alpha", &user_data, "instance-id: alpha-1\n");
-    let port = free_port();
+    let port = free_port().unwrap();
     let mut vm = Vm::boot(
         &image,
         VmOptions {
@@ -206,7 +200,7 @@ fn another_vm_from_the_same_image_is_another_machine_through_fw_cfg() {
         ),
     )
     .unwrap();
-    let port = free_port();
+    let port = free_port().unwrap();
     let mut vm = Vm::boot(
         &image,
         VmOptions {
