@@ -15,7 +15,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::blockdev::{self, BlockPaths};
-use crate::cmdline::RootSpec;
 use crate::gpt;
 
 /// Why the root could not be grown.
@@ -98,25 +97,13 @@ pub fn ext4_size<D: Read + Seek>(device: &mut D) -> std::io::Result<Option<(u64,
     Ok(Some((blocks, block_size)))
 }
 
-/// Grows the root partition named by `root` and the ext4 mounted at
-/// `mount` to fill the disk.
-pub fn grow(paths: &BlockPaths, root: &RootSpec, mount: &Path) -> Result<Report, GrowError> {
-    let found = match root {
-        RootSpec::PartUuid(uuid) => {
-            blockdev::find_partuuid(paths, uuid).map_err(|_| GrowError::NotFound)?
-        }
-        RootSpec::Path(p) => {
-            let name = Path::new(p)
-                .file_name()
-                .ok_or(GrowError::NotFound)?
-                .to_string_lossy()
-                .into_owned();
-            blockdev::Found {
-                disk: blockdev::parent_disk(paths, &name).ok_or(GrowError::NotFound)?,
-                device: Path::new(p).to_path_buf(),
-            }
-        }
-    };
+/// Grows the root partition `found` and the ext4 mounted at `mount` to
+/// fill the disk.
+pub fn grow(
+    paths: &BlockPaths,
+    found: &blockdev::Found,
+    mount: &Path,
+) -> Result<Report, GrowError> {
     let part_name = found
         .device
         .file_name()

@@ -249,28 +249,30 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
     }
 }
 
-/// The ESP on the root partition's disk.
-fn find_esp(cmdline: &Cmdline) -> Option<PathBuf> {
-    let paths = BlockPaths::default();
-    let disk = match cmdline.root.as_ref()? {
-        RootSpec::PartUuid(uuid) => blockdev::find_partuuid(&paths, uuid).ok()?.disk,
+/// The root partition the kernel command line names, and its disk.
+fn root_partition(paths: &BlockPaths, cmdline: &Cmdline) -> Option<blockdev::Found> {
+    match cmdline.root.as_ref()? {
+        RootSpec::PartUuid(uuid) => blockdev::find_partuuid(paths, uuid).ok(),
         RootSpec::Path(p) => {
             let name = Path::new(p).file_name()?.to_string_lossy().into_owned();
-            blockdev::parent_disk(&paths, &name)?
+            Some(blockdev::Found {
+                disk: blockdev::parent_disk(paths, &name)?,
+                device: PathBuf::from(p),
+            })
         }
-    };
-    blockdev::find_esp_on(&paths, &disk)
+    }
 }
 
 /// Grows the root partition and its file system to fill the disk
 /// ([`crate::growroot`]); a failure is reported and the boot goes on with
 /// the root as it is.
-fn grow_root(cmdline: &Cmdline) {
-    let Some(root) = cmdline.root.as_ref() else {
+fn grow_root(paths: &BlockPaths, root: Option<&blockdev::Found>) {
+    let Some(root) = root else {
+        crate::say!("growing the root: the root partition was not found");
         return;
     };
     let mib = |bytes: u64| bytes >> 20;
-    match crate::growroot::grow(&BlockPaths::default(), root, Path::new("/sysroot")) {
+    match crate::growroot::grow(paths, root, Path::new("/sysroot")) {
         Ok(report) => {
             if let Some((old, new)) = report.partition {
                 crate::say!(
@@ -366,7 +368,11 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
 
     set_hostname(sys, &config);
     load_modules(sys, &config);
-    let esp = find_esp(cmdline);
+    let paths = BlockPaths::default();
+    let root = root_partition(&paths, cmdline);
+    let esp = root
+        .as_ref()
+        .and_then(|r| blockdev::find_esp_on(&paths, &r.disk));
     for e in firmware_mounts(sys, Path::new("/sys/firmware/efi").exists(), esp.as_deref()) {
         crate::say!("{e}");
     }
@@ -376,7 +382,9 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     for e in ensure_var_dirs(Path::new("/")) {
         crate::say!("{e}");
     }
-    grow_root(cmdline);
+    if cmdline.root.is_some() {
+        grow_root(&paths, root.as_ref());
+    }
     network::loopback_up();
     if provision() {
         // The data may have named another hostname.
