@@ -25,6 +25,7 @@ pub mod containers;
 pub mod fixture;
 pub mod http;
 pub mod oci;
+pub mod qmp;
 pub mod registry;
 pub mod updates;
 pub mod vm;

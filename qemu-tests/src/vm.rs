@@ -21,6 +21,7 @@ use berth::run::{
 use berth_hostapi::READY_PREFIX;
 
 use crate::console::{Console, WaitEnd};
+use crate::qmp::QMP_SOCKET;
 use crate::{Error, Result};
 
 /// How long a UEFI boot to berth-init's ready line may take: ~14 s under
@@ -81,6 +82,13 @@ impl VmOptions {
                 name: FW_CFG_CONFIG.into(),
                 file: file.clone(),
             });
+        }
+        // A QMP socket beside the varstore: tests press the power button.
+        if let Some(dir) = vars.parent() {
+            let mut spec = std::ffi::OsString::from("unix:");
+            spec.push(dir.join(QMP_SOCKET));
+            spec.push(",server=on,wait=off");
+            config.extra_args.extend(["-qmp".into(), spec]);
         }
         for (i, drive) in self.extra_drives.iter().enumerate() {
             let mut spec = std::ffi::OsString::from(format!(
@@ -350,6 +358,16 @@ impl Vm {
     pub fn power_off_and_wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.send_line("kill -USR2 1")?;
         self.wait_exit(timeout)
+    }
+
+    /// Presses the guest's ACPI power button (QMP `system_powerdown`, what
+    /// a cloud provider's "stop" or `virsh shutdown` does).
+    pub fn press_power_button(&mut self) -> Result<()> {
+        let socket = self.dir.path().join(QMP_SOCKET);
+        match crate::qmp::execute(&socket, "system_powerdown") {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
     }
 
     /// Waits for QEMU to exit (guest power-off, or reboot with

@@ -1,8 +1,9 @@
 //! berth-init as PID 1 of a booted image: services of every kind start in
 //! `after` order with their readiness checks, exiting and killed services
 //! come back, a crash loop does not keep the host from ready, `berthctl`
-//! reports, restarts and follows logs, `berthctl poweroff` leaves a clean
-//! file system, and PID 1 stays small (the footprint in docs/init.md).
+//! reports, restarts and follows logs, `berthctl poweroff` and the ACPI
+//! power button leave a clean file system, and PID 1 stays small (the
+//! footprint in docs/init.md).
 //!
 //! The images: qemu-tests/manifests/services.toml (eight services, DHCP,
 //! sysctls, hostname), debug.toml (the minimal image with a console shell)
@@ -308,6 +309,33 @@ fn berthctl_poweroff_stops_services_in_order_and_the_next_boot_is_clean() {
         "{log}"
     );
     assert_no_badness(&vm.console_text());
+}
+
+#[test]
+fn the_acpi_power_button_powers_the_host_off_cleanly() {
+    skip_unless_qemu!();
+    // What `virsh shutdown`, a cloud provider's "stop" or QEMU's
+    // system_powerdown does: the kernel reports the press on the input
+    // device "Power Button" (modules button and evdev, which every image
+    // keeps and coldplug loads).
+    let (mut vm, _) = boot(SERVICES, VmOptions::default());
+    let start = vm.console_text().len();
+    vm.press_power_button().unwrap();
+    let status = vm.wait_exit(POWER_OFF_TIMEOUT).unwrap();
+    assert!(status.success(), "QEMU: {status}");
+    let console = vm.console_text();
+    let shutdown = &console[start..];
+    for line in [
+        "shutting down (Poweroff): stopping services",
+        "berth-init: web: stopping (pid",
+        "berth-init: powering off",
+    ] {
+        assert!(shutdown.contains(line), "{line:?} missing:\n{shutdown}");
+    }
+    for bad in ["did not stop in time", "remounting / read-only:"] {
+        assert!(!shutdown.contains(bad), "{bad:?}:\n{shutdown}");
+    }
+    assert_no_badness(&console);
 }
 
 /// What the footprint test reads in one guest.

@@ -42,6 +42,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "veth",
     "bridge",
     "br_netfilter",
+    "button",
+    "evdev",
 ];
 
 /// Modules the initramfs carries: only what reaching the root partition
