@@ -31,7 +31,7 @@ pub const BASE_PACKAGES: [&str; 5] = [
 
 /// Bump when the way a cached tree is produced changes, so old caches are
 /// not reused.
-const TREE_FORMAT: &str = "berth-tree-5";
+const TREE_FORMAT: &str = "berth-tree-6";
 
 /// The cache directory layout.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ pub mod kmods;
 pub mod layout;
 pub mod overlay;
 pub mod prune;
+pub mod unlinked;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub struct BaseInfo {
     pub dropped: Vec<String>,
     /// Kernel modules kept.
     pub modules: Vec<String>,
+    /// Shared libraries removed because nothing links them (unlinked.rs).
+    #[serde(default)]
+    pub unlinked_libraries: Vec<String>,
     /// Bytes of files as extracted, and after pruning.
     pub extracted_bytes: u64,
     /// Bytes of files in the prepared tree.
@@ -109,6 +113,7 @@ fn extract_and_prepare(
     let kernel_version =
         layout::move_kernel(tmp).context("moving the kernel to /usr/lib/modules")?;
     layout::merge_usr(tmp).context("merging /bin, /sbin and /lib into /usr")?;
+    let unlinked_libraries = drop_unlinked_libraries(tmp, &debs, &requested)?;
     let modules = keep_modules(tmp, &kernel_version, &req.extra_modules)?;
     link_busybox(tmp)?;
     layout::move_etc(tmp).context("moving /etc to /usr/etc")?;
@@ -120,9 +125,32 @@ fn extract_and_prepare(
         packages,
         dropped,
         modules,
+        unlinked_libraries,
         extracted_bytes,
         tree_bytes,
     })
+}
+
+/// Removes the libraries nothing links (see [`unlinked`]); the files of
+/// the packages named in the request, and glibc's and libgcc's, stay.
+fn drop_unlinked_libraries(
+    root: &Path,
+    debs: &[(String, PathBuf)],
+    requested: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut kept = BTreeSet::new();
+    for (name, deb) in debs {
+        if requested.contains(name) || unlinked::ALWAYS_KEPT.contains(&name.as_str()) {
+            kept.extend(
+                prune::deb_files(deb)?
+                    .iter()
+                    .map(|f| unlinked::merged_path(f)),
+            );
+        }
+    }
+    let removed =
+        unlinked::drop_unlinked(root, &kept).context("removing libraries nothing links")?;
+    Ok(removed.files)
 }
 
 /// The cached .deb of each extracted package.
