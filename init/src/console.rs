@@ -56,6 +56,23 @@ pub fn write_line(line: &str) {
     }
 }
 
+/// Waits until the console has sent everything written to it. Stopping a
+/// shell that holds the console (the debug shell) hangs the console up,
+/// and a hang-up discards output the serial driver has not sent yet: the
+/// lines just written (the start of a shutdown) would never show.
+/// Bounded (2 s), unlike tcdrain(3): PID 1 must not hang on a stuck line.
+pub fn drain() {
+    let Some(file) = CONSOLE.get() else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while matches!(ffi::tty_output_pending(file), Ok(n) if n > 0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Writes `berth-init: <message>` to the console.
 pub fn say(message: &str) {
     write_line(&format!("berth-init: {message}"));

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -101,6 +101,19 @@ pub fn reboot_in_child(cmd: rustix::system::RebootCommand) -> io::Result<()> {
         unsafe { libc::_exit(0) };
     }
     Ok(())
+}
+
+/// Bytes written to terminal `fd` that the driver has not sent yet
+/// (TIOCOUTQ); an error when `fd` is not a terminal.
+pub fn tty_output_pending(fd: &impl AsFd) -> io::Result<usize> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int through the pointer, which points to
+    // `pending`; the descriptor is borrowed for the call.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut pending) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(pending).unwrap_or(0))
 }
 
 /// Whether file descriptor `fd` is open (PID 1 may start without 0, 1, 2
@@ -304,4 +317,23 @@ pub fn ext4_resize(dir: &std::fs::File, blocks: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_pending_is_an_error_off_a_terminal_and_zero_on_an_idle_one() {
+        let file = tempfile::tempfile().expect("a temporary file");
+        assert!(tty_output_pending(&file).is_err());
+        // A pseudo-terminal nobody reads from: nothing written, nothing pending.
+        if let Ok(master) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/ptmx")
+        {
+            assert_eq!(tty_output_pending(&master).ok(), Some(0));
+        }
+    }
 }

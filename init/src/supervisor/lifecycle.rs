@@ -436,6 +436,11 @@ impl Supervisor {
                     u.spec.name,
                     signals::signal_name(signal.as_raw())
                 );
+                if u.tty.is_some() {
+                    // A console shell's end hangs the console up, and the
+                    // kernel drops what it has not sent yet: these lines.
+                    crate::console::drain();
+                }
                 signal_group(pid, signal);
                 u.state = State::Stopping {
                     pid,
