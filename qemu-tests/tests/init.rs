@@ -56,17 +56,23 @@ fn sh(vm: &mut Vm, cmd: &str) -> String {
 
 /// `berthctl services --json`, on one line so that console noise cannot
 /// split it (a line berth-init prints may still follow it on that line).
+/// A berth-init line can still land in the middle of it on the shared
+/// serial console; then it asks again.
 fn services(vm: &mut Vm) -> Vec<ServiceStatus> {
-    let out = sh(vm, "berthctl services --json | tr -d '\\n'; echo");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("[  {") || l == &"[]")
-        .unwrap_or_else(|| panic!("no JSON in {out:?}"));
-    let mut values = serde_json::Deserializer::from_str(line).into_iter();
-    match values.next() {
-        Some(Ok(services)) => services,
-        other => panic!("{other:?}: {line}"),
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = sh(vm, "berthctl services --json | tr -d '\\n'; echo");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("[  {") || l == &"[]")
+            .unwrap_or_else(|| panic!("no JSON in {out:?}"));
+        let mut values = serde_json::Deserializer::from_str(line).into_iter();
+        match values.next() {
+            Some(Ok(services)) => return services,
+            other => last = format!("{other:?}: {line}"),
+        }
     }
+    panic!("no clean JSON in five tries; the last: {last}")
 }
 
 /// Polls `berthctl services` until service `name` satisfies `ok`.
