@@ -113,8 +113,11 @@ fn extract_and_prepare(
     let kernel_version =
         layout::move_kernel(tmp).context("moving the kernel to /usr/lib/modules")?;
     layout::merge_usr(tmp).context("merging /bin, /sbin and /lib into /usr")?;
-    let unlinked_libraries = drop_unlinked_libraries(tmp, &debs, &requested)?;
     let modules = keep_modules(tmp, &kernel_version, &req.extra_modules)?;
+    // After the module pruning: the library walk reads every ELF file, and
+    // the kernel package's thousands of modules (which link nothing) are
+    // gone by then.
+    let unlinked_libraries = drop_unlinked_libraries(tmp, &debs, &requested)?;
     link_busybox(tmp)?;
     layout::move_etc(tmp).context("moving /etc to /usr/etc")?;
     layout::ostree_toplevel(tmp).context("laying out the top-level directories")?;
