@@ -173,6 +173,28 @@ pub struct RootTimeout {
     pub seen: String,
 }
 
+/// One look for the root partition `spec` names; when it is not there,
+/// the disks that are.
+pub fn find_root(paths: &BlockPaths, spec: &RootSpec) -> Result<Found, Vec<String>> {
+    match spec {
+        RootSpec::PartUuid(uuid) => find_partuuid(paths, uuid),
+        RootSpec::Path(path) => {
+            if Path::new(path).exists() {
+                let disk = Path::new(path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok(Found {
+                    disk: parent_disk(paths, &disk).unwrap_or(disk),
+                    device: PathBuf::from(path),
+                })
+            } else {
+                Err(list_disks(paths).into_iter().map(|d| d.name).collect())
+            }
+        }
+    }
+}
+
 /// Polls for the root partition until `timeout`.
 pub fn wait_for_root(
     paths: &BlockPaths,
@@ -181,24 +203,7 @@ pub fn wait_for_root(
 ) -> Result<Found, RootTimeout> {
     let deadline = crate::clock::from_now(timeout);
     loop {
-        let result = match spec {
-            RootSpec::PartUuid(uuid) => find_partuuid(paths, uuid),
-            RootSpec::Path(path) => {
-                if Path::new(path).exists() {
-                    let disk = Path::new(path)
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    Ok(Found {
-                        disk: parent_disk(paths, &disk).unwrap_or(disk),
-                        device: PathBuf::from(path),
-                    })
-                } else {
-                    Err(list_disks(paths).into_iter().map(|d| d.name).collect())
-                }
-            }
-        };
-        match result {
+        match find_root(paths, spec) {
             Ok(found) => return Ok(found),
             Err(seen) if Instant::now() >= deadline => {
                 return Err(RootTimeout {

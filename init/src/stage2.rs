@@ -14,7 +14,7 @@ use berth_hostapi::config::{HOST_CONFIG_PATH, HostConfig, Readiness, Restart, Se
 use berth_hostapi::control::CONTROL_SOCKET_PATH;
 
 use crate::blockdev::{self, BlockPaths};
-use crate::cmdline::{Cmdline, RootSpec};
+use crate::cmdline::Cmdline;
 use crate::modules::{self, ModuleIndex};
 use crate::signals::Signals;
 use crate::supervisor::spawn::is_executable;
@@ -251,16 +251,7 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
 
 /// The root partition the kernel command line names, and its disk.
 fn root_partition(paths: &BlockPaths, cmdline: &Cmdline) -> Option<blockdev::Found> {
-    match cmdline.root.as_ref()? {
-        RootSpec::PartUuid(uuid) => blockdev::find_partuuid(paths, uuid).ok(),
-        RootSpec::Path(p) => {
-            let name = Path::new(p).file_name()?.to_string_lossy().into_owned();
-            Some(blockdev::Found {
-                disk: blockdev::parent_disk(paths, &name)?,
-                device: PathBuf::from(p),
-            })
-        }
-    }
+    blockdev::find_root(paths, cmdline.root.as_ref()?).ok()
 }
 
 /// Grows the root partition and its file system to fill the disk
