@@ -324,8 +324,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn output_pending_is_an_error_off_a_terminal_and_zero_on_an_idle_one() {
-        let file = tempfile::tempfile().expect("a temporary file");
+    fn output_pending_is_an_error_off_a_terminal_and_zero_on_an_idle_one() -> io::Result<()> {
+        let file = tempfile::tempfile()?;
         assert!(tty_output_pending(&file).is_err());
         // A pseudo-terminal nobody reads from: nothing written, nothing pending.
         if let Ok(master) = std::fs::OpenOptions::new()
@@ -335,5 +335,6 @@ mod tests {
         {
             assert_eq!(tty_output_pending(&master).ok(), Some(0));
         }
+        Ok(())
     }
 }
