@@ -5,9 +5,10 @@
 //! This module only plans (data); the builder writes the plan into a FAT
 //! image and `berthctl` applies it to the mounted ESP.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::bls::BootEntry;
+use crate::bls::{Assessment, BootEntry, EntryName};
 use crate::deployment::DeploymentInfo;
 
 /// Where systemd-boot lives in every deployment (package systemd-boot-efi).
@@ -84,14 +85,46 @@ pub fn boot_entry(d: &DeploymentInfo, rank: usize) -> BootEntry {
     }
 }
 
-/// Plans the ESP for `deployments` (libostree's order) of the sysroot at
-/// `root`. systemd-boot is taken from the first (default) deployment.
+/// Plans the ESP of a first install: `deployments` (libostree's order) of
+/// the sysroot at `root`, systemd-boot taken from the first one (a first
+/// install is known good).
 pub fn plan(root: &Path, deployments: &[DeploymentInfo]) -> EspPlan {
+    plan_with_loader(root, deployments, deployments.first())
+}
+
+/// The deployment whose systemd-boot belongs on the ESP: the first, in
+/// libostree's order, whose entry is blessed (no boot counter) and that is
+/// not the `trial` one being written now. A new deployment's boot loader
+/// replaces the old one only once that deployment has proven itself:
+/// boot counting lives in the binary that would be replaced. `None` when
+/// no deployment qualifies (then the ESP's boot loader is left as it is).
+pub fn boot_loader_source<'a>(
+    deployments: &'a [DeploymentInfo],
+    entries: &BTreeMap<String, EntryName>,
+    trial: Option<&str>,
+) -> Option<&'a DeploymentInfo> {
+    deployments.iter().find(|d| {
+        let id = d.id();
+        Some(id.as_str()) != trial
+            && entries
+                .get(&id)
+                .is_some_and(|n| n.assessment() == Assessment::Good)
+    })
+}
+
+/// Plans the ESP for `deployments` (libostree's order) of the sysroot at
+/// `root`, with systemd-boot taken from `loader` (none: the ESP's boot
+/// loader is not part of the plan and stays as it is).
+pub fn plan_with_loader(
+    root: &Path,
+    deployments: &[DeploymentInfo],
+    loader: Option<&DeploymentInfo>,
+) -> EspPlan {
     let mut files = Vec::new();
-    if let Some(first) = deployments.first() {
+    if let Some(from) = loader {
         files.push(PlannedFile {
             esp_path: SYSTEMD_BOOT_ON_ESP.into(),
-            source: root.join(first.dir()).join(SYSTEMD_BOOT_IN_TREE),
+            source: root.join(from.dir()).join(SYSTEMD_BOOT_IN_TREE),
         });
     }
     let mut entries = Vec::new();
@@ -167,6 +200,42 @@ mod tests {
             "root=PARTUUID=p ostree=/ostree/deploy/berth/deploy/aaaa.0"
         );
         assert_eq!(plan.entries[1].entry.linux, "/berth/aaaa.0/vmlinuz");
+    }
+
+    #[test]
+    fn the_boot_loader_comes_from_the_first_blessed_deployment() {
+        let deps = [dep("bbbb", "2"), dep("aaaa", "1")];
+        let mut entries = BTreeMap::new();
+        entries.insert("aaaa.0".to_string(), EntryName::good("berth-aaaa.0"));
+        // v2 is new (being written on trial): v1's loader stays.
+        let src = boot_loader_source(&deps, &entries, Some("bbbb.0")).unwrap();
+        assert_eq!(src.checksum, "aaaa");
+        // v2 on trial, counted once: still v1's.
+        entries.insert(
+            "bbbb.0".to_string(),
+            EntryName::parse("berth-bbbb.0+2-1.conf").unwrap(),
+        );
+        assert_eq!(
+            boot_loader_source(&deps, &entries, None).unwrap().checksum,
+            "aaaa"
+        );
+        // v2 blessed: its loader.
+        entries.insert("bbbb.0".to_string(), EntryName::good("berth-bbbb.0"));
+        assert_eq!(
+            boot_loader_source(&deps, &entries, None).unwrap().checksum,
+            "bbbb"
+        );
+        let plan = plan_with_loader(Path::new("/s"), &deps, Some(&deps[1]));
+        assert_eq!(plan.files[0].esp_path, SYSTEMD_BOOT_ON_ESP);
+        assert!(
+            plan.files[0]
+                .source
+                .starts_with("/s/ostree/deploy/berth/deploy/aaaa.0")
+        );
+        // Nothing blessed: the plan leaves the boot loader alone.
+        assert!(boot_loader_source(&deps, &BTreeMap::new(), None).is_none());
+        let plan = plan_with_loader(Path::new("/s"), &deps, None);
+        assert!(plan.files.iter().all(|f| f.esp_path != SYSTEMD_BOOT_ON_ESP));
     }
 
     #[test]

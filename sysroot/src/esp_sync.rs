@@ -10,18 +10,28 @@
 //! 3. only then are entries of deployments that are gone removed, and
 //!    their folders after them.
 //!
-//! FAT has no atomic rename-over of directories, but renaming a file
-//! within a directory is atomic there too (systemd-boot relies on it for
-//! boot counting).
+//! Every write is durable on Linux's FAT driver, not just on ext4. vfat
+//! keeps a file's size and first cluster in its directory entry, and a
+//! rename creates the new entry with size 0 and no cluster until the
+//! file's inode is written back; fsync of the directory writes that empty
+//! entry and never the file's inode. So after the rename the file is
+//! synced again through its new name (which writes its size and first
+//! cluster into the new entry), and only then the directory. A cut before
+//! that second sync finds the old name (or the temporary) still intact on
+//! disk, because the rename had not reached it. The same holds for renames
+//! of boot entries ([`rename_entry`]) and for berth-init's blessing.
+//! docs/upgrades.md ("Power cuts") has the whole sequence.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::SysrootError;
 use crate::bls::EntryName;
 use crate::esp::{ENTRIES_DIR, EspPlan, KERNELS_DIR, LOADER_CONF, LOADER_CONF_PATH};
-use crate::esp_state::entry_names;
+use crate::esp_check::{Problem, same_contents};
+use crate::esp_state::{entry_files, entry_names, temporaries};
+use crate::fault;
 
 /// What [`apply`] changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -34,25 +44,30 @@ pub struct SyncReport {
     pub removed: Vec<String>,
 }
 
+impl SyncReport {
+    /// Whether nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.copied.is_empty() && self.entries_written.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// Tries a new entry gets (systemd-boot Automatic Boot Assessment).
 pub const NEW_ENTRY_TRIES: u32 = 3;
 
 /// Applies `plan` to the ESP mounted at `esp`. The deployment whose id is
 /// `trial` gets a boot counter (`+3`) if its entry is new; every other new
-/// entry is written as good.
+/// entry is written as good. Files already holding the planned bytes are
+/// left alone.
 pub fn apply(esp: &Path, plan: &EspPlan, trial: Option<&str>) -> Result<SyncReport, SysrootError> {
     let mut report = SyncReport::default();
     // 1. Files.
     for f in &plan.files {
         let dest = esp.join(&f.esp_path);
-        if same_size(&dest, &f.source) && f.esp_path != crate::esp::SYSTEMD_BOOT_ON_ESP {
+        if same_contents(&dest, &f.source) {
             continue;
         }
         let data = std::fs::read(&f.source)
             .map_err(|e| SysrootError::io(format!("reading {}", f.source.display()), e))?;
-        if std::fs::read(&dest).is_ok_and(|old| old == data) {
-            continue;
-        }
         write_atomic(&dest, &data)?;
         report.copied.push(f.esp_path.clone());
     }
@@ -76,28 +91,35 @@ pub fn apply(esp: &Path, plan: &EspPlan, trial: Option<&str>) -> Result<SyncRepo
         };
         let path = entries_dir.join(name.file_name());
         let text = e.entry.render();
-        if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        if std::fs::read(&path).is_ok_and(|t| t == text.as_bytes()) {
             continue;
         }
         write_atomic(&path, text.as_bytes())?;
         report.entries_written.push(name.file_name());
     }
 
-    // 3. Clean up what no planned entry uses: entries, then folders.
+    // 3. Clean up what no planned entry uses: second names of an entry,
+    // entries of deployments that are gone, then their folders.
     let keep: BTreeSet<&str> = plan
         .entries
         .iter()
         .map(|e| e.deployment_id.as_str())
         .collect();
-    for (id, name) in &existing {
-        if !keep.contains(id.as_str()) {
+    let mut removed_entries = false;
+    for (id, names) in entry_files(esp) {
+        let extra = if keep.contains(id.as_str()) { 1 } else { 0 };
+        for name in names.iter().skip(extra) {
             remove(&entries_dir.join(name.file_name()))?;
             report
                 .removed
                 .push(format!("{ENTRIES_DIR}/{}", name.file_name()));
+            removed_entries = true;
         }
     }
     sync_dir(&entries_dir)?;
+    if removed_entries {
+        fault::point("removed the entries no deployment uses");
+    }
     let kernels = esp.join(KERNELS_DIR);
     if let Ok(dirs) = std::fs::read_dir(&kernels) {
         for d in dirs.filter_map(Result::ok) {
@@ -106,6 +128,7 @@ pub fn apply(esp: &Path, plan: &EspPlan, trial: Option<&str>) -> Result<SyncRepo
                 std::fs::remove_dir_all(d.path())
                     .map_err(|e| SysrootError::io(format!("removing {}", d.path().display()), e))?;
                 report.removed.push(format!("{KERNELS_DIR}/{id}"));
+                fault::point(&format!("removed {KERNELS_DIR}/{id}"));
             }
         }
         sync_dir(&kernels)?;
@@ -113,17 +136,37 @@ pub fn apply(esp: &Path, plan: &EspPlan, trial: Option<&str>) -> Result<SyncRepo
     Ok(report)
 }
 
-/// Whether `dest` exists with the size of `source` (kernels and initramfs
-/// images of a deployment never change, so that is enough to skip them).
-fn same_size(dest: &Path, source: &Path) -> bool {
-    match (std::fs::metadata(dest), std::fs::metadata(source)) {
-        (Ok(a), Ok(b)) => a.len() == b.len(),
-        _ => false,
+/// Makes the ESP at `esp` what `plan` says after an interrupted write:
+/// removes temporary files, then [`apply`]s the plan (which rewrites
+/// missing, empty and stale entries, copies kernels that are missing or
+/// differ, and drops second names of an entry). Returns the problems found
+/// before, and what was changed.
+pub fn repair(
+    esp: &Path,
+    plan: &EspPlan,
+    trial: Option<&str>,
+) -> Result<(Vec<Problem>, SyncReport), SysrootError> {
+    let problems = crate::esp_check::check(esp, plan);
+    let mut report = SyncReport::default();
+    if problems.is_empty() {
+        return Ok((problems, report));
     }
+    for path in temporaries(esp) {
+        remove(&esp.join(&path))?;
+        report.removed.push(path);
+    }
+    let applied = apply(esp, plan, trial)?;
+    report.copied.extend(applied.copied);
+    report.entries_written.extend(applied.entries_written);
+    report.removed.extend(applied.removed);
+    Ok((problems, report))
 }
 
-/// Writes `data` to `path` through a temporary file in the same directory:
-/// write, fsync, rename, fsync the directory.
+/// Writes `data` to `path` through a temporary file in the same directory,
+/// durably on vfat as on ext4: write the temporary and fsync it, rename it
+/// into place, fsync it again through the new name (on vfat that writes
+/// the new directory entry's size and first cluster), then fsync the
+/// directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SysrootError> {
     let dir = path
         .parent()
@@ -137,23 +180,37 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SysrootError> {
             .unwrap_or_default()
     ));
     let io = |what: &str, e| SysrootError::io(format!("{what} {}", tmp.display()), e);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+    remove(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| io("creating", e))?;
     f.write_all(data).map_err(|e| io("writing", e))?;
     f.sync_all().map_err(|e| io("syncing", e))?;
-    drop(f);
+    fault::point(&format!("wrote and synced {}", tmp.display()));
     std::fs::rename(&tmp, path).map_err(|e| {
         SysrootError::io(
             format!("renaming {} to {}", tmp.display(), path.display()),
             e,
         )
     })?;
-    sync_dir(dir)
+    fault::point(&format!("renamed it to {}", path.display()));
+    f.sync_all()
+        .map_err(|e| SysrootError::io(format!("syncing {}", path.display()), e))?;
+    drop(f);
+    sync_dir(dir)?;
+    fault::point(&format!("synced {} and its directory", path.display()));
+    Ok(())
 }
 
-/// Renames a boot entry (blessing, or marking bad) and flushes.
+/// Renames a boot entry (blessing, or marking bad) durably: rename, fsync
+/// the file through its new name, fsync the directory (see the module
+/// documentation for why the file comes first on vfat).
 pub fn rename_entry(esp: &Path, from: &EntryName, to: &EntryName) -> Result<(), SysrootError> {
     let dir = esp.join(ENTRIES_DIR);
-    std::fs::rename(dir.join(from.file_name()), dir.join(to.file_name())).map_err(|e| {
+    let (old, new) = (dir.join(from.file_name()), dir.join(to.file_name()));
+    std::fs::rename(&old, &new).map_err(|e| {
         SysrootError::io(
             format!(
                 "renaming boot entry {} to {}",
@@ -163,7 +220,13 @@ pub fn rename_entry(esp: &Path, from: &EntryName, to: &EntryName) -> Result<(), 
             e,
         )
     })?;
-    sync_dir(&dir)
+    fault::point(&format!("renamed {} to {}", old.display(), new.display()));
+    std::fs::File::open(&new)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| SysrootError::io(format!("syncing {}", new.display()), e))?;
+    sync_dir(&dir)?;
+    fault::point(&format!("synced {} and its directory", new.display()));
+    Ok(())
 }
 
 fn remove(path: &Path) -> Result<(), SysrootError> {
@@ -181,11 +244,6 @@ fn sync_dir(dir: &Path) -> Result<(), SysrootError> {
     // vfat accepts fsync on directories; it flushes the directory's clusters.
     f.sync_all()
         .map_err(|e| SysrootError::io(format!("syncing {}", dir.display()), e))
-}
-
-/// Current entry names by deployment id (for callers that need both).
-pub fn current(esp: &Path) -> BTreeMap<String, EntryName> {
-    entry_names(esp)
 }
 
 #[cfg(test)]
@@ -285,6 +343,49 @@ mod tests {
         assert!(esp.path().join(LOADER_CONF_PATH).exists());
         // No temporary files are left behind.
         assert!(names(esp.path()).iter().all(|n| !n.ends_with(".tmp")));
+    }
+
+    #[test]
+    fn repair_rewrites_what_a_cut_left_and_keeps_counters() {
+        let src = tempfile::tempdir().unwrap();
+        let esp = tempfile::tempdir().unwrap();
+        let e = esp.path();
+        let p = plan(src.path(), &["v2.0", "v1.0"]);
+        apply(e, &p, Some("v2.0")).unwrap();
+        // Nothing to do on a synced ESP.
+        let (problems, report) = repair(e, &p, Some("v2.0")).unwrap();
+        assert!(problems.is_empty() && report.is_empty());
+        // The field's case: v2's entry and kernel empty, a temporary left.
+        std::fs::write(e.join("loader/entries/berth-v2.0+3.conf"), "").unwrap();
+        std::fs::write(e.join("berth/v2.0/vmlinuz"), "").unwrap();
+        std::fs::write(e.join("berth/v2.0/.vmlinuz.tmp"), "half").unwrap();
+        let (problems, report) = repair(e, &p, Some("v2.0")).unwrap();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(report.entries_written, ["berth-v2.0+3.conf"]);
+        assert_eq!(report.copied, ["berth/v2.0/vmlinuz"]);
+        assert!(crate::esp_check::check(e, &p).is_empty());
+        assert_eq!(
+            std::fs::read_to_string(e.join("berth/v2.0/vmlinuz")).unwrap(),
+            "kernel v2.0"
+        );
+        // A missing entry of the trial deployment comes back on trial; a
+        // second name of a blessed entry goes.
+        std::fs::remove_file(e.join("loader/entries/berth-v2.0+3.conf")).unwrap();
+        std::fs::write(e.join("loader/entries/berth-v1.0+1-2.conf"), "x").unwrap();
+        repair(e, &p, Some("v2.0")).unwrap();
+        assert_eq!(names(e), ["berth-v1.0.conf", "berth-v2.0+3.conf"]);
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temporary() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("a/b.conf");
+        write_atomic(&path, b"one").unwrap();
+        // A stale temporary from a cut does not stop the next write.
+        std::fs::write(t.path().join("a/.b.conf.tmp"), "stale").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(std::fs::read_dir(t.path().join("a")).unwrap().count(), 1);
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub mod bls;
 pub mod deployment;
 pub mod efivars;
 pub mod esp;
+pub mod esp_check;
 pub mod esp_state;
 pub mod esp_sync;
+pub mod fault;
 pub mod install;
 
 pub use deployment::{DeploymentInfo, STATEROOT};
