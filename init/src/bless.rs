@@ -106,8 +106,12 @@ pub struct BlessError {
 }
 
 /// Renames the counted entry on the ESP mounted at `esp` to its name without
-/// counter and fsyncs the directory. Returns the new path, or None when the
-/// counted file is gone (already blessed, or renamed by someone else).
+/// counter, durably on vfat: fsync the file through its new name first
+/// (vfat writes a renamed file's size and first cluster into its new
+/// directory entry only with the file's inode; syncing the directory alone
+/// would leave an empty blessed entry after a power cut), then the
+/// directory. Returns the new path, or None when the counted file is gone
+/// (already blessed, or renamed by someone else).
 pub fn bless(esp: &Path, trial: &Trial) -> Result<Option<PathBuf>, BlessError> {
     let from = esp.join(&trial.entry);
     let dir = from
@@ -124,6 +128,9 @@ pub fn bless(esp: &Path, trial: &Trial) -> Result<Option<PathBuf>, BlessError> {
         source,
     };
     std::fs::rename(&from, &to).map_err(err)?;
+    std::fs::File::open(&to)
+        .and_then(|f| f.sync_all())
+        .map_err(err)?;
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(err)?;

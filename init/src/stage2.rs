@@ -84,7 +84,9 @@ pub fn firmware_mounts(sys: &dyn Sys, uefi: bool, esp: Option<&Path>) -> Vec<Str
             &device.to_string_lossy(),
             &target,
             "vfat",
-            MountFlags::SECURE,
+            // dirsync: renames on the ESP reach the disk whole and in order
+            // (docs/upgrades.md, "Power cuts").
+            MountFlags::ESP,
             "umask=0077,shortname=mixed",
         )
     });
@@ -263,7 +265,9 @@ fn grow_root(paths: &BlockPaths, root: Option<&blockdev::Found>) {
         return;
     };
     let mib = |bytes: u64| bytes >> 20;
-    match crate::growroot::grow(paths, root, Path::new("/sysroot")) {
+    // /sysroot is read-only (sysroot.readonly) and the resize ioctl needs a
+    // writable mount of the file system: /var is one.
+    match crate::growroot::grow(paths, root, Path::new("/var")) {
         Ok(report) => {
             if let Some((old, new)) = report.partition {
                 crate::say!(

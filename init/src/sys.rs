@@ -27,6 +27,10 @@ pub struct MountFlags {
     pub noexec: bool,
     /// MS_RDONLY
     pub rdonly: bool,
+    /// MS_DIRSYNC: directory changes are written synchronously (the ESP:
+    /// on vfat a rename then writes the new entry whole before the old
+    /// one is removed).
+    pub dirsync: bool,
 }
 
 impl MountFlags {
@@ -36,6 +40,7 @@ impl MountFlags {
         nodev: false,
         noexec: false,
         rdonly: false,
+        dirsync: false,
     };
     /// nosuid,nodev,noexec: the usual for kernel file systems.
     pub const SECURE: MountFlags = MountFlags {
@@ -43,6 +48,7 @@ impl MountFlags {
         nodev: true,
         noexec: true,
         rdonly: false,
+        dirsync: false,
     };
     /// nosuid,nodev: the usual for tmpfs.
     pub const NOSUID_NODEV: MountFlags = MountFlags {
@@ -50,6 +56,7 @@ impl MountFlags {
         nodev: true,
         noexec: false,
         rdonly: false,
+        dirsync: false,
     };
     /// nosuid,noexec (devpts).
     pub const NOSUID_NOEXEC: MountFlags = MountFlags {
@@ -57,6 +64,15 @@ impl MountFlags {
         nodev: false,
         noexec: true,
         rdonly: false,
+        dirsync: false,
+    };
+    /// nosuid,nodev,noexec,dirsync: the ESP.
+    pub const ESP: MountFlags = MountFlags {
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+        rdonly: false,
+        dirsync: true,
     };
     /// nosuid (devtmpfs).
     pub const NOSUID: MountFlags = MountFlags {
@@ -64,6 +80,7 @@ impl MountFlags {
         nodev: false,
         noexec: false,
         rdonly: false,
+        dirsync: false,
     };
 }
 
@@ -74,6 +91,7 @@ impl fmt::Display for MountFlags {
             (self.nosuid, "nosuid"),
             (self.nodev, "nodev"),
             (self.noexec, "noexec"),
+            (self.dirsync, "dirsync"),
         ]
         .iter()
         .filter(|(on, _)| *on)

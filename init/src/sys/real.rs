@@ -40,6 +40,9 @@ fn rx_flags(flags: MountFlags) -> RxFlags {
     if flags.rdonly {
         out |= RxFlags::RDONLY;
     }
+    if flags.dirsync {
+        out |= RxFlags::DIRSYNC;
+    }
     out
 }
 
