@@ -95,7 +95,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let opts = crate::upgrade::UpgradeOpts { check, force };
             let (outcome, code) = crate::upgrade::run(Path::new("/"), &opts)?;
-            if reboot && matches!(outcome, crate::upgrade::Outcome::Deployed { .. }) {
+            let pending = matches!(
+                outcome,
+                crate::upgrade::Outcome::Deployed { .. } | crate::upgrade::Outcome::Pending { .. }
+            );
+            if reboot && pending {
                 return shutdown(&socket, ShutdownAction::Reboot);
             }
             Ok(code)

@@ -31,6 +31,12 @@ impl Host {
     /// check holds it briefly at every boot), then gives up.
     pub fn open_locked(root: &Path) -> anyhow::Result<Host> {
         let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(root)));
+        // /sysroot is read-only on a booted host (sysroot.readonly): in a
+        // private mount namespace libostree makes it writable for this
+        // process alone, while it holds the lock.
+        sysroot
+            .initialize_with_mount_namespace(gio::Cancellable::NONE)
+            .context("preparing a private mount namespace for the sysroot")?;
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let mut said = false;
         while !sysroot.try_lock().context("taking the sysroot lock")? {
@@ -67,21 +73,52 @@ impl Host {
             .context("this system was not booted from an OSTree deployment")
     }
 
-    /// Writes the ESP for the current deployment list, then lets libostree
-    /// remove what no deployment uses any more (old deployments, unreferenced
-    /// objects). `trial` names a new deployment whose entry gets a boot counter.
-    pub fn sync_esp_and_clean(&self, trial: Option<&str>) -> anyhow::Result<()> {
+    /// Where the ESP is mounted under this root.
+    pub fn esp(&self) -> PathBuf {
+        self.root.join(ESP.trim_start_matches('/'))
+    }
+
+    /// What the ESP should hold for the current deployment list (reloaded
+    /// first). `trial` names a new deployment being written now: its boot
+    /// loader is not installed until it is blessed.
+    pub fn esp_plan(&self, trial: Option<&str>) -> anyhow::Result<berth_sysroot::esp::EspPlan> {
         self.sysroot
             .load(gio::Cancellable::NONE)
             .context("reloading the sysroot")?;
         let deployments = self.deployments()?;
-        let plan = berth_sysroot::esp::plan(&self.root, &deployments);
-        berth_sysroot::esp_sync::apply(&self.root.join(ESP.trim_start_matches('/')), &plan, trial)
-            .context("writing the ESP")?;
+        let entries = berth_sysroot::esp_state::entry_names(&self.esp());
+        let mut loader = berth_sysroot::esp::boot_loader_source(&deployments, &entries, trial);
+        if loader.is_none()
+            && !self
+                .esp()
+                .join(berth_sysroot::esp::SYSTEMD_BOOT_ON_ESP)
+                .is_file()
+        {
+            // Nothing blessed and no boot loader at all: the booted
+            // deployment's is the best there is.
+            loader = deployments.iter().find(|d| d.booted);
+        }
+        Ok(berth_sysroot::esp::plan_with_loader(
+            &self.root,
+            &deployments,
+            loader,
+        ))
+    }
+
+    /// Writes the ESP for the current deployment list, then lets libostree
+    /// remove what no deployment uses any more (old deployments, unreferenced
+    /// objects). `trial` names a new deployment whose entry gets a boot counter.
+    pub fn sync_esp_and_clean(
+        &self,
+        trial: Option<&str>,
+    ) -> anyhow::Result<berth_sysroot::esp_sync::SyncReport> {
+        let plan = self.esp_plan(trial)?;
+        let report =
+            berth_sysroot::esp_sync::apply(&self.esp(), &plan, trial).context("writing the ESP")?;
         self.sysroot
             .cleanup(gio::Cancellable::NONE)
             .context("removing old deployments and unused objects")?;
-        Ok(())
+        Ok(report)
     }
 
     /// Writes a new deployment order without libostree's own cleanup (the
@@ -97,7 +134,8 @@ impl Host {
         self.sysroot
             .write_deployments_with_options(order, &opts, gio::Cancellable::NONE)
             .context("writing the deployment order")?;
-        self.sync_esp_and_clean(None)
+        self.sync_esp_and_clean(None)?;
+        Ok(())
     }
 }
 

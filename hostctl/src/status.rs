@@ -88,8 +88,13 @@ pub fn collect(root: &Path) -> anyhow::Result<Vec<DeploymentStatus>> {
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let list = collect(Path::new("/")).context("reading the deployments")?;
     let failed = crate::host::failed_commits(Path::new("/"));
+    let check = crate::bootcheck::last_record(Path::new("/"));
     if json {
-        let value = serde_json::json!({ "deployments": list, "failed_commits": failed });
+        let value = serde_json::json!({
+            "deployments": list,
+            "failed_commits": failed,
+            "boot_check": check,
+        });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -114,6 +119,12 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some(last) = failed.last() {
         println!("  last failed commit: {last}");
+    }
+    if let Some(check) = check.filter(|c| !c.actions.is_empty()) {
+        println!("  last boot check:");
+        for a in &check.actions {
+            println!("    {a}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

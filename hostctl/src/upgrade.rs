@@ -36,6 +36,12 @@ pub enum Outcome {
     Available(String, String),
     /// The remote's commit failed to boot before; not deployed.
     SkippedFailed(String),
+    /// The remote's commit is already deployed, with a boot entry that
+    /// boots it next.
+    Pending {
+        /// The pending commit.
+        commit: String,
+    },
     /// Deployed; reboot to use it.
     Deployed {
         /// The new commit.
@@ -60,6 +66,9 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
     let started = Instant::now();
     let host = Host::open_locked(root)?;
     let booted = host.booted()?;
+    if !opts.check {
+        refuse_on_trial(&host)?;
+    }
     let origin = booted
         .origin()
         .context("the booted deployment has no origin file")?;
@@ -101,17 +110,6 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         println!("berthctl: already up to date ({version}, {})", short(&new));
         return Ok((Outcome::UpToDate, ExitCode::SUCCESS));
     }
-    if host
-        .deployments()?
-        .iter()
-        .any(|d| d.checksum == new && d.index == 0)
-    {
-        println!(
-            "berthctl: {version} ({}) is already deployed and boots next",
-            short(&new)
-        );
-        return Ok((Outcome::UpToDate, ExitCode::SUCCESS));
-    }
     if failed_commits(root).contains(&new) && !opts.force {
         println!(
             "berthctl: {version} ({}) failed to boot on this host before; not deploying it (use --force to try again)",
@@ -119,9 +117,40 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         );
         return Ok((Outcome::SkippedFailed(new), ExitCode::SUCCESS));
     }
+    let deployed = host
+        .deployments()?
+        .into_iter()
+        .find(|d| d.checksum == new && !d.booted);
+    if let Some(d) = &deployed {
+        // Deployed before: it boots next only if it is the default and its
+        // entry on the ESP is whole (an upgrade cut short may have left
+        // neither); otherwise the job is finished below.
+        let plan = host.esp_plan(Some(&d.id()))?;
+        if d.index == 0 && berth_sysroot::esp_check::entry_boots(&host.esp(), &plan, &d.id()) {
+            println!(
+                "berthctl: {version} ({}) is already deployed and boots next",
+                short(&new)
+            );
+            return Ok((Outcome::Pending { commit: new }, ExitCode::SUCCESS));
+        }
+    }
     if opts.check {
         println!("berthctl: {version} ({}) is available", short(&new));
         return Ok((Outcome::Available(new, version), ExitCode::SUCCESS));
+    }
+    if let Some(d) = deployed {
+        finish_deployment(&host, &d, opts.force)?;
+        println!(
+            "berthctl: deployed {version} ({}): its deployment was already there; it boots next, on trial",
+            short(&new)
+        );
+        return Ok((
+            Outcome::Deployed {
+                commit: new,
+                version,
+            },
+            ExitCode::SUCCESS,
+        ));
     }
 
     check_space(root, &repo, &new)?;
@@ -161,6 +190,7 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
     let id = format!("{}.{}", deployment.csum(), deployment.deployserial());
     eprintln!("berthctl: writing the ESP");
     host.sync_esp_and_clean(Some(&id))?;
+    mark_sysroot_readonly(&host);
     println!(
         "berthctl: deployed {version} ({}): fetched {} in {:.1}s; it boots next, on trial",
         short(&new),
@@ -174,6 +204,75 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         },
         ExitCode::SUCCESS,
     ))
+}
+
+/// Refuses to upgrade from a boot still on trial: libostree keeps only the
+/// booted deployment and the new one, so the last blessed version would be
+/// removed, and if both the trial boot and the new version then failed no
+/// good entry would be left. berth-init blesses the boot (or reboots it)
+/// within its deadline; the upgrade can follow.
+fn refuse_on_trial(host: &Host) -> anyhow::Result<()> {
+    let Some(booted) = host.deployments()?.into_iter().find(|d| d.booted) else {
+        return Ok(());
+    };
+    let entries = berth_sysroot::esp_state::entry_names(&host.esp());
+    if let Some(name) = entries
+        .get(&booted.id())
+        .filter(|n| n.assessment() == berth_sysroot::bls::Assessment::Trial)
+    {
+        bail!(
+            "this boot of {} is still on trial ({} tries left): the last good version would be removed; upgrade once berth-init has blessed it (nothing was fetched)",
+            booted.version,
+            name.tries_left.unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// Makes an existing, not booted deployment the default with a whole boot
+/// entry on trial: what an upgrade cut short (or a boot check that made
+/// the booted one the default again) left undone.
+fn finish_deployment(
+    host: &Host,
+    d: &berth_sysroot::DeploymentInfo,
+    force: bool,
+) -> anyhow::Result<()> {
+    let esp = host.esp();
+    if force {
+        // A forced retry of a version that ran out of tries gets new tries.
+        let entries = berth_sysroot::esp_state::entry_files(&esp);
+        for name in entries.get(&d.id()).into_iter().flatten() {
+            if name.assessment() == berth_sysroot::bls::Assessment::Bad {
+                std::fs::remove_file(
+                    esp.join(berth_sysroot::esp::ENTRIES_DIR)
+                        .join(name.file_name()),
+                )
+                .with_context(|| format!("removing the spent entry {}", name.file_name()))?;
+            }
+        }
+    }
+    let raw = host.sysroot.deployments();
+    let Some(target) = raw
+        .iter()
+        .find(|r| r.csum().as_str() == d.checksum && r.deployserial() == d.serial)
+    else {
+        bail!("deployment {} is no longer listed", d.id());
+    };
+    let mut order = vec![Clone::clone(target)];
+    order.extend(raw.iter().filter(|r| !r.equal(target)).cloned());
+    let opts = ostree::SysrootWriteDeploymentsOpts {
+        do_postclean: false,
+    };
+    host.sysroot
+        .write_deployments_with_options(&order, &opts, gio::Cancellable::NONE)
+        .context("writing the deployment order")?;
+    eprintln!("berthctl: writing the ESP");
+    let plan = host.esp_plan(Some(&d.id()))?;
+    berth_sysroot::esp_sync::repair(&esp, &plan, Some(&d.id())).context("writing the ESP")?;
+    host.sysroot
+        .cleanup(gio::Cancellable::NONE)
+        .context("removing old deployments and unused objects")?;
+    Ok(())
 }
 
 /// The kernel arguments of a new deployment of `commit`: the booted
@@ -244,6 +343,21 @@ fn read_commit_file(
         bytes.extend_from_slice(&buf[..n]);
     }
     Ok(Some(bytes))
+}
+
+/// Hosts installed before /sysroot became read-only get it from the
+/// first boot of the new version (berth-init's stage 1 reads the
+/// repository's `sysroot.readonly`, as ostree-prepare-root does).
+fn mark_sysroot_readonly(host: &Host) {
+    let repo = host.sysroot.repo();
+    let config = repo.copy_config();
+    if config.boolean("sysroot", "readonly").unwrap_or(false) {
+        return;
+    }
+    config.set_boolean("sysroot", "readonly", true);
+    if let Err(e) = repo.write_config(&config) {
+        eprintln!("berthctl: making /sysroot read-only from the next boot: {e}");
+    }
 }
 
 /// The `version` metadata of a commit.

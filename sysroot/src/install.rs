@@ -96,10 +96,15 @@ pub fn install(root: &Path, spec: &InstallSpec) -> Result<DeploymentInfo, Sysroo
 }
 
 /// `sysroot.bootloader=none`: libostree writes only its own BLS
-/// bookkeeping under /boot; Berth writes the ESP.
+/// bookkeeping under /boot; Berth writes the ESP. `sysroot.readonly=true`:
+/// the booted host mounts /sysroot read-only (the repository's objects are
+/// hard-linked into every deployment, so a writable /sysroot would let any
+/// owner of an image file change the OS in place); berthctl makes it
+/// writable in its own mount namespace while it holds the sysroot lock.
 fn configure_repo(repo: &ostree::Repo) -> Result<(), SysrootError> {
     let config = repo.copy_config();
     config.set_string("sysroot", "bootloader", "none");
+    config.set_boolean("sysroot", "readonly", true);
     repo.write_config(&config)
         .map_err(|e| SysrootError::ostree("writing the sysroot repo config", e))
 }
