@@ -16,27 +16,57 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 /// negotiation and runs `command` (no arguments); an `error` reply is an
 /// error.
 pub fn execute(socket: &Path, command: &str) -> Result<()> {
-    let stream =
-        UnixStream::connect(socket).map_err(Error::io("connecting to QEMU's QMP socket"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(Error::io("setting the QMP timeout"))?;
-    let mut writer = stream
-        .try_clone()
-        .map_err(Error::io("cloning the QMP socket"))?;
-    let mut reader = BufReader::new(stream);
-    read_reply(&mut reader, None)?; // the greeting
-    for cmd in ["qmp_capabilities", command] {
-        writeln!(writer, "{}", serde_json::json!({ "execute": cmd }))
-            .map_err(Error::io("writing a QMP command"))?;
-        read_reply(&mut reader, Some(cmd))?;
+    Qmp::connect(socket)?.execute(command, None).map(|_| ())
+}
+
+/// One QMP session, for a sequence of commands with arguments.
+pub struct Qmp {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects to the socket at `socket` and leaves capabilities
+    /// negotiation.
+    pub fn connect(socket: &Path) -> Result<Qmp> {
+        let stream =
+            UnixStream::connect(socket).map_err(Error::io("connecting to QEMU's QMP socket"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(Error::io("setting the QMP timeout"))?;
+        let writer = stream
+            .try_clone()
+            .map_err(Error::io("cloning the QMP socket"))?;
+        let mut qmp = Qmp {
+            writer,
+            reader: BufReader::new(stream),
+        };
+        read_reply(&mut qmp.reader, None)?; // the greeting
+        qmp.execute("qmp_capabilities", None)?;
+        Ok(qmp)
     }
-    Ok(())
+
+    /// Runs `command` with `arguments`; returns its `return` value.
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let mut msg = serde_json::json!({ "execute": command });
+        if let Some(args) = arguments {
+            msg["arguments"] = args;
+        }
+        writeln!(self.writer, "{msg}").map_err(Error::io("writing a QMP command"))?;
+        read_reply(&mut self.reader, Some(command))
+    }
 }
 
 /// Reads QMP lines until the greeting (`command` None) or the reply to
-/// `command`, skipping asynchronous events.
-fn read_reply(reader: &mut impl std::io::BufRead, command: Option<&str>) -> Result<()> {
+/// `command`, skipping asynchronous events; returns the reply's `return`.
+fn read_reply(
+    reader: &mut impl std::io::BufRead,
+    command: Option<&str>,
+) -> Result<serde_json::Value> {
     loop {
         let mut line = String::new();
         if reader
@@ -49,11 +79,11 @@ fn read_reply(reader: &mut impl std::io::BufRead, command: Option<&str>) -> Resu
         let reply: serde_json::Value =
             serde_json::from_str(&line).map_err(|e| Error::Setup(format!("QMP: {e}: {line:?}")))?;
         match command {
-            None if reply.get("QMP").is_some() => return Ok(()),
+            None if reply.get("QMP").is_some() => return Ok(reply),
             Some(cmd) if reply.get("error").is_some() => {
                 return Err(Error::Setup(format!("QMP {cmd}: {}", reply["error"])));
             }
-            Some(_) if reply.get("return").is_some() => return Ok(()),
+            Some(_) if reply.get("return").is_some() => return Ok(reply["return"].clone()),
             _ => {}
         }
     }

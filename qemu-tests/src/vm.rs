@@ -452,6 +452,101 @@ impl Vm {
         Vm::spawn(config, dir, disk)
     }
 
+    /// Freezes this running guest into a [`Snapshot`]: QEMU stops it,
+    /// writes its RAM and device state to a file (a migration stream),
+    /// and its disk and UEFI variables are copied beside it. The guest
+    /// stays stopped; drop it or [`Vm::power_cut`] it afterwards. Each
+    /// [`Snapshot::resume`] then starts a new QEMU at that very moment,
+    /// so a test repeats a scenario from a booted host without booting.
+    pub fn snapshot(&mut self, options: &VmOptions) -> Result<Snapshot> {
+        match self.try_snapshot(options) {
+            Ok(s) => Ok(s),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn try_snapshot(&mut self, options: &VmOptions) -> Result<Snapshot> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-snapshot-")
+            .tempdir()
+            .map_err(Error::io("creating a snapshot directory"))?;
+        let state = dir.path().join("state");
+        let mut qmp = crate::qmp::Qmp::connect(&self.dir.path().join(QMP_SOCKET))?;
+        // A live migration: QEMU stops the guest itself for the last pass
+        // and flushes the disk, so the copies below match the saved RAM.
+        let mut uri = std::ffi::OsString::from("exec:cat > ");
+        uri.push(&state);
+        qmp.execute(
+            "migrate",
+            Some(serde_json::json!({ "uri": uri.to_string_lossy() })),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let info = qmp.execute("query-migrate", None)?;
+            match info["status"].as_str() {
+                Some("completed") => break,
+                Some("failed") | Some("cancelled") => {
+                    return Err(Error::Setup(format!("saving the VM state: {info}")));
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(Error::Setup(format!(
+                        "saving the VM state timed out: {info}"
+                    )));
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        let disk = dir.path().join("disk");
+        let vars = dir.path().join("OVMF_VARS.fd");
+        for (from, to) in [
+            (self.disk.clone(), disk.clone()),
+            (self.dir.path().join("OVMF_VARS.fd"), vars.clone()),
+        ] {
+            copy_sparse(&from, &to)?;
+        }
+        let format = berth::run::detect_format(&disk)?;
+        Ok(Snapshot {
+            dir,
+            disk,
+            format,
+            vars,
+            state,
+            options: options.clone(),
+        })
+    }
+
+    /// Waits for an incoming migration to be loaded and makes sure the
+    /// guest runs (QEMU keeps it paused when the source was).
+    fn continue_after_incoming(&mut self) -> Result<()> {
+        let socket = self.dir.path().join(QMP_SOCKET);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut qmp = loop {
+            match crate::qmp::Qmp::connect(&socket) {
+                Ok(q) => break q,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        loop {
+            let status = qmp.execute("query-status", None)?;
+            match status["status"].as_str() {
+                Some("running") => return Ok(()),
+                Some("paused") | Some("postmigrate") | Some("prelaunch") => {
+                    qmp.execute("cont", None)?;
+                    return Ok(());
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(Error::Setup(format!(
+                        "the resumed VM did not load its state: {status}"
+                    )));
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     fn dump(&self) {
         let banner = |title: &str| {
             eprintln!(
@@ -475,6 +570,89 @@ impl Vm {
         }
         banner("end of console");
     }
+}
+
+/// A booted guest frozen by [`Vm::snapshot`]: RAM and devices, disk and
+/// UEFI variables, in a directory removed on drop.
+pub struct Snapshot {
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    format: DiskFormat,
+    vars: PathBuf,
+    state: PathBuf,
+    options: VmOptions,
+}
+
+impl Snapshot {
+    /// Starts a new QEMU where the snapshot was taken: same options, the
+    /// disk as a fresh overlay on the frozen one (so every resume starts
+    /// from the same bytes), a copy of the UEFI variables. The guest runs
+    /// on from the moment it was stopped: its shell is where it was.
+    pub fn resume(&self) -> Result<Vm> {
+        let firmware = Firmware::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-vm-")
+            .tempdir()
+            .map_err(Error::io("creating a VM directory"))?;
+        let vars = dir.path().join("OVMF_VARS.fd");
+        copy_sparse(&self.vars, &vars)?;
+        let disk = dir.path().join("disk.qcow2");
+        let out = Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                self.format.name(),
+                "-b",
+            ])
+            .arg(&self.disk)
+            .arg(&disk)
+            .output()
+            .map_err(Error::io("running qemu-img create"))?;
+        if !out.status.success() {
+            return Err(Error::Setup(format!(
+                "qemu-img create on {}: {}",
+                self.disk.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let mut config = self
+            .options
+            .qemu_config(&firmware, &vars, &disk, DiskFormat::Qcow2);
+        let mut incoming = std::ffi::OsString::from("exec:cat ");
+        incoming.push(&self.state);
+        config.extra_args.extend(["-incoming".into(), incoming]);
+        let mut vm = Vm::spawn(config, dir, disk)?;
+        if let Err(e) = vm.continue_after_incoming() {
+            return vm.fail(e);
+        }
+        Ok(vm)
+    }
+
+    /// The directory holding the snapshot's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `cp --sparse=always --reflink=auto from to`.
+fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
+    let out = Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(Error::io("running cp"))?;
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "copying {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for Vm {

@@ -3,6 +3,7 @@
 //! version with /var and an admin's /etc edit kept; roll back by hand; a
 //! new version that never gets ready, and one whose kernel panics, both
 //! undone by systemd-boot's boot counting with no one touching the host.
+//! Power cuts during an upgrade are in power_cuts.rs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -203,77 +204,6 @@ fn versions_that_never_get_ready_or_panic_roll_back_by_themselves() {
         vm.console_text().contains("Kernel panic"),
         "v3.0.1 was expected to panic"
     );
-}
-
-/// Kills QEMU at `marker` during `berthctl upgrade`, boots again and
-/// returns the version that came up.
-fn cut_power_during_upgrade(mut vm: Vm, marker: &str, opts: VmOptions) -> (Vm, String) {
-    vm.send_line("berthctl upgrade").unwrap();
-    vm.wait_for(marker, UPGRADE).unwrap();
-    vm.power_cut().unwrap();
-    let mut vm = vm.reboot_from(opts).unwrap();
-    let line = vm
-        .wait_for(
-            "berth-init: ready image=upgrade version=",
-            READY_TIMEOUT * 2,
-        )
-        .unwrap();
-    let _ = line;
-    let rest = vm.wait_for(" ", Duration::from_secs(10)).unwrap();
-    let version = rest.trim().to_string();
-    assert!(
-        version == "1.0.0" || version == "2.0.0",
-        "came up on {version:?}"
-    );
-    (vm, version)
-}
-
-#[test]
-fn power_cuts_during_an_upgrade_leave_a_host_that_boots() {
-    skip_unless_qemu!();
-    let v1 = image(Path::new("qemu-tests/manifests/upgrade-v1.toml"));
-    let server = UpdateServer::start(&v1).unwrap();
-    server
-        .publish(Path::new("qemu-tests/manifests/upgrade-v2.toml"))
-        .unwrap();
-    let opts = options(&server);
-    let mut vm = Vm::boot(&v1, opts.clone()).unwrap();
-    vm.wait_for(
-        "berth-init: ready image=upgrade version=1.0.0",
-        READY_TIMEOUT,
-    )
-    .unwrap();
-
-    let mut versions = Vec::new();
-    for marker in [
-        "berthctl: fetching",
-        "berthctl: deploying",
-        "berthctl: writing the ESP",
-    ] {
-        let (next, version) = cut_power_during_upgrade(vm, marker, opts.clone());
-        vm = next;
-        versions.push((marker, version.clone()));
-        if version == "2.0.0" {
-            break;
-        }
-        // Whatever the cut left, the host is consistent again.
-        let st = status(&mut vm);
-        assert_eq!(role(&st, "booted").unwrap()["version"], "1.0.0", "{st}");
-    }
-    println!("versions after each cut: {versions:?}");
-    // The upgrade, repeated, succeeds.
-    if versions.last().is_some_and(|(_, v)| v == "1.0.0") {
-        vm.send_line("berthctl upgrade --reboot").unwrap();
-        vm.wait_for(
-            "berth-init: ready image=upgrade version=2.0.0",
-            READY_TIMEOUT * 2,
-        )
-        .unwrap();
-    }
-    let st = status(&mut vm);
-    assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
-    let again = sh(&mut vm, "berthctl upgrade");
-    assert!(again.contains("already up to date"), "{again}");
 }
 
 /// A throw-away GnuPG home with one signing key; returns its fingerprint.

@@ -1,0 +1,333 @@
+//! Power cuts during an upgrade: "no step of an upgrade may leave a host
+//! that does not boot, whatever moment the power is cut".
+//!
+//! Every trial starts from one snapshot of a booted v1 (RAM, devices,
+//! disk, UEFI variables) with v2 published, so a trial costs the boot
+//! after the cut and, when that one comes up on v1, the boot into v2:
+//!
+//! - targeted: `berthctl upgrade` stops at a chosen fault point (right
+//!   after a write or a rename on the ESP; see berth_sysroot::fault), and
+//!   QEMU is killed there; and the blessing after the reboot into v2 is
+//!   cut right after berth-init says it blessed the entry;
+//! - random: QEMU is killed at a random moment from the start of
+//!   `berthctl upgrade --reboot` to just past v2's blessing (pull,
+//!   deploy, every ESP write, the reboot, the blessing).
+//!
+//! After every cut: the host boots (v1 or v2), `berthctl status` tells
+//! the truth (the booted version is the one running, every deployment has
+//! a usable entry once boot-check has run), and a repeated
+//! `berthctl upgrade --reboot` reaches v2, which is blessed.
+//!
+//! `BERTH_POWER_CUTS=N` sets the number of random cuts (default 8) and
+//! `BERTH_POWER_CUT_SEED` replays a run; the seed is printed either way.
+//! `BERTH_FAULT_POINTS=3,7` cuts at those fault points only (the first
+//! test prints the list).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_qemu_tests::{
+    READY_TIMEOUT, Snapshot, UpdateServer, Vm, VmOptions, image, skip_unless_qemu,
+};
+
+const SHELL: Duration = Duration::from_secs(60);
+/// A pull and deploy under TCG, with the ESP write.
+const UPGRADE: Duration = Duration::from_secs(300);
+const READY_V1: &str = "berth-init: ready image=upgrade version=1.0.0";
+const READY_V2: &str = "berth-init: ready image=upgrade version=2.0.0";
+
+/// A v1 host booted once and frozen, with v2 on its update server.
+struct Fixture {
+    server: UpdateServer,
+    opts: VmOptions,
+    snapshot: Snapshot,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let v1 = image(Path::new("qemu-tests/manifests/upgrade-v1.toml"));
+        let server = UpdateServer::start(&v1).unwrap();
+        server
+            .publish(Path::new("qemu-tests/manifests/upgrade-v2.toml"))
+            .unwrap();
+        let opts = VmOptions {
+            persistent_copy: true,
+            guest_forwards: vec![server.forward()],
+            ..VmOptions::default()
+        };
+        let mut vm = Vm::boot(&v1, opts.clone()).unwrap();
+        vm.wait_for(READY_V1, READY_TIMEOUT).unwrap();
+        wait_for_boot_check(&mut vm);
+        // The physical root (the repository whose objects are hard-linked
+        // into /usr) is read-only, even for root; berthctl writes it from
+        // its own mount namespace, as every upgrade below shows.
+        let mounts = sh(&mut vm, "grep ' /sysroot ' /proc/mounts");
+        assert!(
+            mounts.contains(" ro,") || mounts.contains(" ro "),
+            "{mounts}"
+        );
+        let (code, out) = vm
+            .run_shell("echo x >> /sysroot/ostree/repo/config", SHELL)
+            .unwrap();
+        assert_ne!(code, 0, "/sysroot is writable: {out}");
+        assert!(out.contains("Read-only"), "{out}");
+        let snapshot = vm.snapshot(&opts).unwrap();
+        Fixture {
+            server,
+            opts,
+            snapshot,
+        }
+    }
+
+    /// The frozen v1 host, running again.
+    fn resume(&self) -> Vm {
+        let mut vm = self.snapshot.resume().unwrap();
+        // The shell answers: the guest runs on where it was frozen.
+        sh(&mut vm, "true");
+        vm
+    }
+}
+
+/// Runs `cmd` in the guest and returns its output, failing on non-zero.
+fn sh(vm: &mut Vm, cmd: &str) -> String {
+    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
+    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
+    out
+}
+
+fn status(vm: &mut Vm) -> serde_json::Value {
+    let out = sh(vm, "berthctl status --json");
+    let start = out.find('{').unwrap_or(0);
+    serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("status --json: {e}:\n{out}"))
+}
+
+fn booted(status: &serde_json::Value) -> &serde_json::Value {
+    status["deployments"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["role"] == "booted"))
+        .unwrap_or_else(|| panic!("no booted deployment: {status}"))
+}
+
+/// Waits until this boot's boot-check has run (its record names the
+/// booted deployment and no deployment lacks an entry); returns status.
+fn wait_for_boot_check(vm: &mut Vm) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = status(vm);
+        let b = booted(&st);
+        let id = format!("{}.{}", b["commit"].as_str().unwrap_or(""), b["serial"]);
+        let checked = st["boot_check"]["booted"].as_str() == Some(id.as_str());
+        let whole = st["deployments"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|d| d["boot_state"] != "no-entry"));
+        if checked && whole {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "boot-check did not run or left a deployment without entry: {st}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// What a trial saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Came up on v1 after the cut; the repeated upgrade reached v2.
+    V1ThenUpgraded,
+    /// Came up on v2 after the cut.
+    V2,
+}
+
+/// Boots the disk of a VM whose power was cut and checks everything the
+/// tests promise; returns where it came up.
+fn after_the_cut(vm: Vm, fx: &Fixture, what: &str) -> Outcome {
+    let mut vm = vm.reboot_from(fx.opts.clone()).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=",
+        READY_TIMEOUT * 2,
+    )
+    .unwrap_or_else(|e| panic!("{what}: the host did not come up: {e}"));
+    let version = vm
+        .wait_for(" ", Duration::from_secs(10))
+        .unwrap()
+        .trim()
+        .to_string();
+    let st = wait_for_boot_check(&mut vm);
+    // status tells the truth: the booted deployment is what runs.
+    let os = sh(&mut vm, "sed -n 's/^VERSION_ID=//p' /usr/lib/os-release");
+    assert_eq!(os.trim(), version, "{what}: {st}");
+    assert_eq!(booted(&st)["version"], version.as_str(), "{what}: {st}");
+    let outcome = match version.as_str() {
+        "1.0.0" => Outcome::V1ThenUpgraded,
+        "2.0.0" => Outcome::V2,
+        v => panic!("{what}: came up on {v:?}"),
+    };
+    if outcome == Outcome::V1ThenUpgraded {
+        vm.send_line("berthctl upgrade --reboot").unwrap();
+        let out = vm
+            .wait_for("boots next", UPGRADE)
+            .unwrap_or_else(|e| panic!("{what}: the repeated upgrade: {e}"));
+        assert!(!out.contains("error"), "{what}: {out}");
+        vm.wait_for(READY_V2, READY_TIMEOUT * 2)
+            .unwrap_or_else(|e| panic!("{what}: the repeated upgrade did not reach v2: {e}"));
+    }
+    let st = wait_for_boot_check(&mut vm);
+    let b = booted(&st);
+    assert_eq!(b["version"], "2.0.0", "{what}: {st}");
+    // Blessed at the ready line (waited for: the check and the blessing
+    // race the shell).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut st = st;
+    while booted(&st)["boot_state"] != "good" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        st = status(&mut vm);
+    }
+    assert_eq!(booted(&st)["boot_state"], "good", "{what}: {st}");
+    let entries = sh(&mut vm, "ls -a /efi/loader/entries");
+    assert!(
+        !entries.contains(".tmp"),
+        "{what}: temporary files left: {entries}"
+    );
+    let again = sh(&mut vm, "berthctl upgrade");
+    assert!(again.contains("already up to date"), "{what}: {again}");
+    outcome
+}
+
+/// The fault points of one uncut `berthctl upgrade` from the snapshot.
+fn fault_points(fx: &Fixture) -> Vec<(u32, String)> {
+    let mut vm = fx.resume();
+    let out = sh(&mut vm, "BERTH_FAULT_STOP=list berthctl upgrade 2>&1");
+    assert!(out.contains("boots next, on trial"), "{out}");
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("berth: fault point "))
+        .filter_map(|l| {
+            let (n, what) = l.split_once(": ")?;
+            Some((n.parse().ok()?, what.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn power_cuts_right_after_each_esp_write_and_rename_leave_a_host_that_upgrades() {
+    skip_unless_qemu!();
+    let fx = Fixture::new();
+    let points = fault_points(&fx);
+    println!("fault points of one upgrade:");
+    for (n, what) in &points {
+        println!("  {n}: {what}");
+    }
+    // Right after each rename on the ESP, and right after each write is
+    // complete (the file and its directory synced). The moment between
+    // writing the temporary and renaming it leaves the same bytes on disk
+    // as the moment after the rename without dirsync; with dirsync the
+    // rename is on disk whole, as after the syncs.
+    let chosen: Option<Vec<u32>> = std::env::var("BERTH_FAULT_POINTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let esp: Vec<&(u32, String)> = points
+        .iter()
+        .filter(|(n, w)| match &chosen {
+            Some(list) => list.contains(n),
+            None => w.contains("/efi/") && (w.starts_with("renamed") || w.starts_with("synced")),
+        })
+        .collect();
+    assert!(
+        chosen.is_some() || esp.iter().any(|(_, w)| w.contains("loader/entries")),
+        "no boot entry written: {points:?}"
+    );
+    let mut tally = Vec::new();
+    for (n, what) in esp {
+        let started = Instant::now();
+        let mut vm = fx.resume();
+        vm.send_line(&format!("BERTH_FAULT_STOP={n} berthctl upgrade"))
+            .unwrap();
+        vm.wait_for(&format!("fault point {n} reached"), UPGRADE)
+            .unwrap();
+        vm.power_cut().unwrap();
+        let outcome = after_the_cut(vm, &fx, &format!("cut at point {n} ({what})"));
+        println!(
+            "cut at point {n} ({what}): {outcome:?} in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+        tally.push(outcome);
+    }
+
+    // The blessing: cut right after berth-init renamed v2's entry.
+    let mut vm = fx.resume();
+    vm.send_line("berthctl upgrade --reboot").unwrap();
+    vm.wait_for(READY_V2, UPGRADE + READY_TIMEOUT).unwrap();
+    vm.wait_for("boot is good: blessed", Duration::from_secs(30))
+        .unwrap();
+    vm.power_cut().unwrap();
+    let outcome = after_the_cut(vm, &fx, "cut right after the blessing");
+    assert_eq!(outcome, Outcome::V2, "the blessed v2 was lost");
+    println!("cut right after the blessing: {outcome:?}");
+    println!("tally: {tally:?}");
+    drop(fx.server);
+}
+
+#[test]
+fn power_cuts_at_random_moments_of_an_upgrade_leave_a_host_that_upgrades() {
+    skip_unless_qemu!();
+    let n: usize = std::env::var("BERTH_POWER_CUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let seed: u64 = std::env::var("BERTH_POWER_CUT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("random power cuts: {n}, seed {seed} (BERTH_POWER_CUT_SEED={seed} replays them)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let fx = Fixture::new();
+
+    // How long a whole upgrade takes here: from the command to the
+    // blessing of v2.
+    let mut vm = fx.resume();
+    let started = Instant::now();
+    vm.send_line("berthctl upgrade --reboot").unwrap();
+    vm.wait_for("boot is good: blessed", UPGRADE + READY_TIMEOUT)
+        .unwrap();
+    let whole = started.elapsed();
+    drop(vm);
+    println!(
+        "an uncut upgrade took {:.1}s to the blessing",
+        whole.as_secs_f64()
+    );
+
+    let mut tally: Vec<(f64, Outcome)> = Vec::new();
+    for i in 0..n {
+        let at = Duration::from_millis(rng.u64(300..=(whole.as_millis() as u64 + 1000)));
+        let trial = Instant::now();
+        let mut vm = fx.resume();
+        let started = Instant::now();
+        vm.send_line("berthctl upgrade --reboot").unwrap();
+        // Not a wait for a condition: the cut's random moment (the
+        // console keeps draining meanwhile).
+        std::thread::sleep(at.saturating_sub(started.elapsed()));
+        vm.power_cut().unwrap();
+        let what = format!(
+            "random cut {}/{n} at {:.2}s (seed {seed})",
+            i + 1,
+            at.as_secs_f64()
+        );
+        let outcome = after_the_cut(vm, &fx, &what);
+        println!(
+            "{what}: {outcome:?} in {:.0}s",
+            trial.elapsed().as_secs_f64()
+        );
+        tally.push((at.as_secs_f64(), outcome));
+    }
+    let on = |o| tally.iter().filter(|(_, t)| *t == o).count();
+    println!(
+        "tally of {n} random cuts (seed {seed}): {} came up on v1 and upgraded when repeated, {} came up on v2; every host booted and reached v2",
+        on(Outcome::V1ThenUpgraded),
+        on(Outcome::V2)
+    );
+}
