@@ -202,8 +202,8 @@ impl<'a> Draft<'a> {
             }))
     }
 
-    /// Plans the account `u` unless it exists, its groups, home and keys.
-    /// Returns whether it is new.
+    /// Plans the account `u` (and its home) unless it exists, then its
+    /// groups and keys.
     fn user(&mut self, u: &User, applied: &mut Applied) -> anyhow::Result<()> {
         let passwd = self.passwd()?;
         let account = match accounts::accounts(&passwd)
@@ -213,6 +213,8 @@ impl<'a> Draft<'a> {
             Some(a) => a,
             None => {
                 let account = self.new_account(u, &passwd)?;
+                let home = self.home(&account)?;
+                self.dir(&home, 0o700, (account.uid, account.gid))?;
                 applied.users.push(u.name.clone());
                 account
             }
@@ -227,8 +229,6 @@ impl<'a> Draft<'a> {
                 self.put(&group_path, new.into_bytes(), mode, owner)?;
             }
         }
-        let home = self.home(&account)?;
-        self.dir(&home, 0o700, (account.uid, account.gid))?;
         applied.keys += self.keys(&account, &u.ssh_authorized_keys)?;
         Ok(())
     }

@@ -575,3 +575,19 @@ fn image_keys_merged_by_older_versions_are_revoked_at_the_upgrade() {
         )
     );
 }
+
+/// An account that exists gets its groups and keys; its home is left as
+/// it is (made only for the keys).
+#[test]
+fn an_existing_account_gets_groups_without_a_new_home() {
+    let t = host();
+    let r = t.path();
+    give(r, "#cloud-config\nusers:\n  - name: web\n    groups: adm\n");
+    let Outcome::Applied(a) = run(r).unwrap() else {
+        panic!("not applied")
+    };
+    assert!(a.users.is_empty());
+    assert!(read(r, "etc/group").contains("\nadm:x:4:web\n"));
+    assert!(!r.join("var/lib/web").exists());
+    assert_eq!(read(r, "etc/passwd"), PASSWD);
+}
