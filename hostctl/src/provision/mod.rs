@@ -31,8 +31,8 @@ pub enum Outcome {
     AlreadyApplied(String),
     /// Applied now.
     Applied(plan::Applied),
-    /// The document was invalid, or could not be applied, and nothing of
-    /// it was changed.
+    /// The document was invalid or could not be written: nothing of it was
+    /// changed (or, failing after its commit, the next run completes it).
     Skipped(String),
 }
 

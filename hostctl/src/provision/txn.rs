@@ -89,6 +89,10 @@ pub enum TxnError {
     /// The journal on disk is not one this program wrote.
     #[error("{JOURNAL} is not readable: {0}")]
     Journal(String),
+    /// A failure after the commit point: the changes are decided, and the
+    /// next run renames what is left.
+    #[error("{0} (the changes are committed: the next run completes them)")]
+    Unfinished(Box<TxnError>),
     /// A failure made on purpose by a test ([`Faults`]).
     #[error("injected: {0}")]
     Injected(&'static str),
@@ -176,8 +180,9 @@ pub fn apply_with(root: &Beneath, changes: &Changes, faults: Faults) -> Result<(
     }
     journal.state = State::Committed;
     write_journal(root, &journal)?;
-    roll_forward(root, &journal, faults.die_after_renames)?;
-    remove_journal(root)
+    roll_forward(root, &journal, faults.die_after_renames)
+        .and_then(|()| remove_journal(root))
+        .map_err(|e| TxnError::Unfinished(Box::new(e)))
 }
 
 fn stage(
