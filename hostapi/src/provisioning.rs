@@ -14,11 +14,24 @@ pub const FW_CFG_FILE: &str = "sys/firmware/qemu_fw_cfg/by_name/opt/org.berth/co
 /// relative to the root.
 pub const IMAGE_ROOT_KEYS: &str = "usr/lib/berth/ssh/authorized_keys";
 
+/// The image keys installed in root's authorized_keys at the last boot,
+/// relative to the root: while it lists any, every boot runs `berthctl
+/// provision`, so that keys an upgrade dropped are removed even when the
+/// new image has none.
+pub const INSTALLED_IMAGE_KEYS: &str = "var/lib/berth/image-keys";
+
+/// The journal of a provisioning run, relative to the root: left behind
+/// only by a run that was cut short, which the next run finishes.
+pub const JOURNAL: &str = "var/lib/berth/provision.journal";
+
 /// Whether the system at `root` has anything for `berthctl provision`: a
-/// fw_cfg document, a `cidata` volume, or image SSH keys to install.
+/// fw_cfg document, a `cidata` volume, image SSH keys to install or
+/// remove, or an interrupted run to finish.
 pub fn data_present(root: &Path) -> bool {
     root.join(FW_CFG_FILE).exists()
         || root.join(IMAGE_ROOT_KEYS).exists()
+        || std::fs::metadata(root.join(INSTALLED_IMAGE_KEYS)).is_ok_and(|m| m.len() > 0)
+        || root.join(JOURNAL).exists()
         || !cidata_devices(root).is_empty()
 }
 

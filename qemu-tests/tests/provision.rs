@@ -6,13 +6,18 @@
 //! grows to fill it. A second VM from the same image, given other data
 //! through QEMU fw_cfg (what `berth run --config` passes), is another
 //! machine that the first one's key does not open. An invalid seed is
-//! reported and skipped, and the host still gets ready.
+//! reported and skipped, and the host still gets ready. The image's own
+//! keys are revocable: a host upgraded from an image whose manifest has
+//! key A to one with only key B refuses A, and a key from the
+//! provisioning data still logs in.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use berth_qemu_tests::{READY_TIMEOUT, Vm, VmOptions, free_port, image, skip_unless_qemu};
+use berth_qemu_tests::{
+    READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, image, skip_unless_qemu, workspace_root,
+};
 
 const MANIFEST: &str = "qemu-tests/manifests/provision.toml";
 const SHELL: Duration = Duration::from_secs(60);
@@ -32,6 +37,16 @@ fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     assert!(out.status.success(), "ssh-keygen: {out:?}");
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     (key, public.trim().to_string())
+}
+
+/// A committed test key (qemu-tests/keys/NAME), copied to a 0600 file in
+/// `dir`: ssh refuses a private key that others may read.
+fn test_key(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join(name);
+    std::fs::copy(workspace_root().join("qemu-tests/keys").join(name), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    key
 }
 
 /// A NoCloud seed image, as an operator makes one.
@@ -254,4 +269,65 @@ fn an_invalid_seed_is_reported_and_skipped_and_the_host_gets_ready() {
         .run_shell("test -e /var/lib/berth/provisioned", SHELL)
         .unwrap();
     assert_ne!(recorded.0, 0, "an invalid document was recorded as applied");
+}
+
+/// Image keys are revocable and provisioned keys survive: v1's manifest
+/// gives root key A, the fw_cfg document key C; after `berthctl upgrade
+/// --reboot` to v2, whose manifest has only key B, A is refused and B and
+/// C log in. One VM, two boots.
+#[test]
+fn an_upgrade_revokes_a_key_dropped_from_the_manifest_and_keeps_provisioned_ones() {
+    skip_unless_qemu!();
+    let v1 = image(Path::new("qemu-tests/manifests/keys-v1.toml"));
+    let server = UpdateServer::start(&v1).unwrap();
+    server
+        .publish(Path::new("qemu-tests/manifests/keys-v2.toml"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_a = test_key(dir.path(), "image-a");
+    let key_b = test_key(dir.path(), "image-b");
+    let (key_c, pub_c) = keypair(dir.path(), "provisioned-c");
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!("#cloud-config\nssh_authorized_keys: [{pub_c}]\n"),
+    )
+    .unwrap();
+    let port = free_port().unwrap();
+    let mut vm = Vm::boot(
+        &v1,
+        VmOptions {
+            persistent_copy: true,
+            guest_forwards: vec![server.forward()],
+            publish: vec![format!("{port}:22").parse().unwrap()],
+            config: Some(config),
+            ..VmOptions::default()
+        },
+    )
+    .unwrap();
+    vm.wait_for("berth-init: ready image=keys version=1.0.0", READY_TIMEOUT)
+        .unwrap();
+    assert_eq!(
+        ssh_ok(port, &key_a, "grep ^VERSION_ID /etc/os-release"),
+        "VERSION_ID=1.0.0"
+    );
+    assert_eq!(ssh_ok(port, &key_c, "echo c"), "c");
+    assert_refused(port, &key_b);
+
+    vm.send_line("berthctl upgrade --reboot").unwrap();
+    vm.wait_for("it boots next, on trial", Duration::from_secs(300))
+        .unwrap();
+    vm.wait_for(
+        "berth-init: ready image=keys version=2.0.0",
+        READY_TIMEOUT * 2,
+    )
+    .unwrap();
+    let keys = sh(&mut vm, "cat /root/.ssh/authorized_keys");
+    assert!(!keys.contains("image-a"), "{keys}");
+    assert_refused(port, &key_a);
+    assert_eq!(
+        ssh_ok(port, &key_b, "grep ^VERSION_ID /etc/os-release"),
+        "VERSION_ID=2.0.0"
+    );
+    assert_eq!(ssh_ok(port, &key_c, "echo c"), "c");
 }

@@ -114,8 +114,8 @@ pub struct RawService {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub working_dir: Option<String>,
-    pub user: Option<String>,
-    pub group: Option<String>,
+    pub user: Option<Spanned<String>>,
+    pub group: Option<Spanned<String>>,
     pub restart: Option<Spanned<String>>,
     #[serde(default)]
     pub after: Vec<Spanned<String>>,

@@ -115,6 +115,38 @@ fn common(
     })
 }
 
+/// A service's `user` or `group`: the builder writes it into the image's
+/// /etc/passwd and /etc/group, so a `:`, a `,` or a newline in it would
+/// make fields or whole entries of its own (`web:x:0:0` would be a
+/// second root). A name as useradd takes it, or a number.
+fn account(
+    c: &Checker,
+    key: &str,
+    value: Option<Spanned<String>>,
+) -> Result<Option<String>, ManifestError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let span = v.span();
+    let v = v.into_inner();
+    let number = !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit());
+    let name = !v.is_empty()
+        && v.len() <= 32
+        && !v.starts_with('-')
+        && v.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch));
+    if !(number || name) {
+        return Err(c.err(
+            key,
+            &span,
+            format!(
+                "{v:?} is not a user or group name (letters, digits, '_', '-', '.') or a number"
+            ),
+        ));
+    }
+    Ok(Some(v))
+}
+
 /// Checks services and containers together.
 pub(super) fn check(
     c: &Checker,
@@ -169,6 +201,8 @@ pub(super) fn check(
             s.backoff_max,
             defaults.backoff_max_ms,
         )?;
+        let user = account(c, &at("user"), s.user)?;
+        let group = account(c, &at("group"), s.group)?;
         graph.push((format!("service[{i}]"), name.clone(), s.after.clone()));
         services.push(Service {
             name,
@@ -176,8 +210,8 @@ pub(super) fn check(
             command,
             env: s.env,
             working_dir: s.working_dir,
-            user: s.user,
-            group: s.group,
+            user,
+            group,
             restart: common.restart,
             backoff_initial_ms,
             backoff_max_ms: backoff_max_ms.max(backoff_initial_ms),

@@ -146,6 +146,25 @@ fn bad_size_and_too_small_disk() {
 }
 
 #[test]
+fn user_and_group_cannot_carry_passwd_fields() {
+    let base = "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"a\"\ncommand = [\"a\"]\n";
+    let e = err(&format!("{base}user = \"web:x:0:0\"\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("service[0].user", Some((6, 8))),
+        "{e}"
+    );
+    assert!(e.to_string().contains("m.toml"), "{e}");
+    let e = err(&format!("{base}group = \"web\\nroot\"\n"));
+    assert_eq!(e.key, "service[0].group", "{e}");
+    let e = err(&format!("{base}user = \"a,b\"\n"));
+    assert_eq!(e.key, "service[0].user", "{e}");
+    let m = parse(&format!("{base}user = \"www-data\"\ngroup = \"1000\"\n")).unwrap();
+    assert_eq!(m.services[0].user.as_deref(), Some("www-data"));
+    assert_eq!(m.services[0].group.as_deref(), Some("1000"));
+}
+
+#[test]
 fn service_errors() {
     let base = "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"a\"\ncommand = [\"a\"]\n";
     let e = err(&format!("{base}restart = \"sometimes\"\n"));

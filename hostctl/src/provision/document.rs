@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::accounts::field_ok;
+use super::beneath::RelPath;
+
 /// NoCloud `meta-data`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -152,7 +155,17 @@ pub fn parse_meta(text: &str) -> Result<MetaData, DocumentError> {
     if text.trim().is_empty() {
         return Ok(MetaData::default());
     }
-    serde_norway::from_str(text).map_err(|e| DocumentError::Parse(e.to_string()))
+    let meta: MetaData =
+        serde_norway::from_str(text).map_err(|e| DocumentError::Parse(e.to_string()))?;
+    if let Some(id) = &meta.instance_id {
+        // It is the first line of the record.
+        if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "instance-id {id:?} is empty, too long or has control characters"
+            )));
+        }
+    }
+    Ok(meta)
 }
 
 /// Parses and checks user-data; it must start with `#cloud-config`.
@@ -181,7 +194,9 @@ pub fn valid_hostname(h: &str) -> bool {
         })
 }
 
-fn valid_user_name(n: &str) -> bool {
+/// A user or group name as useradd takes it: it also keeps `:` and
+/// newlines out of passwd and group.
+pub fn valid_user_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 32
         && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -189,51 +204,192 @@ fn valid_user_name(n: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
 }
 
+/// A user or group as `write_files`' `owner` names it: a name or a number.
+fn valid_owner_part(p: &str) -> bool {
+    valid_user_name(p) || (!p.is_empty() && p.len() <= 10 && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// A manifest service name, as berth-init looks for `<name>.env`.
+fn valid_service_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        && !n.starts_with('.')
+}
+
+fn invalid(msg: String) -> DocumentError {
+    DocumentError::Invalid(msg)
+}
+
+/// The data of a `write_files` entry, decoded.
+pub fn file_data(f: &WriteFile) -> Result<Vec<u8>, DocumentError> {
+    match f.encoding.as_deref() {
+        Some("b64" | "base64") => super::base64::decode(&f.content)
+            .map_err(|e| invalid(format!("write_files {}: content: {e}", f.path))),
+        _ => Ok(f.content.clone().into_bytes()),
+    }
+}
+
+/// The mode of a `write_files` entry: its octal `permissions`, else 0644
+/// (cloud-init's default).
+pub fn file_mode(f: &WriteFile) -> Result<u32, DocumentError> {
+    let Some(p) = &f.permissions else {
+        return Ok(0o644);
+    };
+    match u32::from_str_radix(p.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(invalid(format!(
+            "permissions \"{p}\" of {} are not an octal mode",
+            f.path
+        ))),
+    }
+}
+
+/// Where `write_files` may write (the first component, after the image's
+/// top-level links are resolved): what persists on a Berth host.
+pub const WRITABLE: [&str; 2] = ["etc", "var"];
+
+/// Checks a `write_files` path, normalised and with the image's top-level
+/// links resolved, against the places provisioning may write.
+pub fn check_write_path(shown: &str, p: &RelPath) -> Result<(), DocumentError> {
+    match p.first() {
+        Some("usr") => Err(invalid(format!(
+            "write_files path \"{shown}\" is in the read-only /usr"
+        ))),
+        Some(first) if WRITABLE.contains(&first) && p.parts().len() > 1 => {
+            if p.file_name().is_some_and(|n| n.len() > 200) {
+                return Err(invalid(format!(
+                    "write_files path \"{shown}\": its file name is too long"
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(invalid(format!(
+            "write_files path \"{shown}\" is outside /etc and /var (what persists on the host)"
+        ))),
+    }
+}
+
+fn check_key(whose: &str, k: &str) -> Result<(), DocumentError> {
+    if k.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "an SSH key of {whose} has a newline or control character in it"
+        )));
+    }
+    Ok(())
+}
+
+fn check_user(u: &User) -> Result<(), DocumentError> {
+    if !valid_user_name(&u.name) {
+        return Err(invalid(format!("user name \"{}\" is not valid", u.name)));
+    }
+    for g in u
+        .groups
+        .as_ref()
+        .map(StringOrList::items)
+        .unwrap_or_default()
+    {
+        if !valid_user_name(&g) {
+            return Err(invalid(format!(
+                "group \"{g}\" of user {} is not a valid group name",
+                u.name
+            )));
+        }
+    }
+    if let Some(sh) = &u.shell {
+        if !sh.starts_with('/') || !field_ok(sh) {
+            return Err(invalid(format!(
+                "shell {sh:?} of user {} is not an absolute path without ':' or newlines",
+                u.name
+            )));
+        }
+    }
+    if let Some(g) = &u.gecos {
+        if !field_ok(g) {
+            return Err(invalid(format!(
+                "gecos {g:?} of user {} has a ':' or a newline",
+                u.name
+            )));
+        }
+    }
+    for k in &u.ssh_authorized_keys {
+        check_key(&format!("user {}", u.name), k)?;
+    }
+    Ok(())
+}
+
+fn check_file(f: &WriteFile) -> Result<(), DocumentError> {
+    let p = RelPath::parse(&f.path).map_err(|e| invalid(format!("write_files path: {e}")))?;
+    // The full check needs the host's top-level links (/root, /home):
+    // the planner makes it; /usr is refused here already.
+    if p.first() == Some("usr") {
+        return Err(invalid(format!(
+            "write_files path \"{}\" is in the read-only /usr",
+            f.path
+        )));
+    }
+    file_mode(f)?;
+    if let Some(e) = &f.encoding {
+        if !matches!(e.as_str(), "b64" | "base64" | "text/plain") {
+            return Err(invalid(format!(
+                "encoding \"{e}\" of {} is not supported (b64 or plain)",
+                f.path
+            )));
+        }
+    }
+    file_data(f)?;
+    if let Some(o) = &f.owner {
+        let (u, g) = o.split_once(':').unwrap_or((o, o));
+        if !valid_owner_part(u) || !valid_owner_part(g) {
+            return Err(invalid(format!(
+                "owner {o:?} of {} is not user:group",
+                f.path
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn validate(doc: &UserData) -> Result<(), DocumentError> {
     if let Some(h) = &doc.hostname {
         if !valid_hostname(h) {
-            return Err(DocumentError::Invalid(format!(
-                "hostname \"{h}\" is not valid"
-            )));
+            return Err(invalid(format!("hostname \"{h}\" is not valid")));
         }
     }
+    let mut names = Vec::new();
     for u in &doc.users {
         if let UserEntry::User(u) = u {
-            if !valid_user_name(&u.name) {
-                return Err(DocumentError::Invalid(format!(
-                    "user name \"{}\" is not valid",
-                    u.name
-                )));
+            check_user(u)?;
+            if names.contains(&&u.name) {
+                return Err(invalid(format!("user {} is listed twice", u.name)));
             }
+            names.push(&u.name);
         }
     }
+    for k in &doc.ssh_authorized_keys {
+        check_key("root", k)?;
+    }
     for f in &doc.write_files {
-        if !f.path.starts_with('/') || f.path.split('/').any(|p| p == "..") {
-            return Err(DocumentError::Invalid(format!(
-                "write_files path \"{}\" is not absolute",
-                f.path
-            )));
-        }
-        if f.path.starts_with("/usr/") || f.path == "/usr" {
-            return Err(DocumentError::Invalid(format!(
-                "write_files path \"{}\" is in the read-only /usr",
-                f.path
-            )));
-        }
-        if let Some(p) = &f.permissions {
-            if u32::from_str_radix(p.trim_start_matches("0o"), 8).is_err() {
-                return Err(DocumentError::Invalid(format!(
-                    "permissions \"{p}\" of {} are not octal",
-                    f.path
+        check_file(f)?;
+    }
+    if let Some(b) = &doc.berth {
+        for (svc, env) in &b.service_env {
+            if !valid_service_name(svc) {
+                return Err(invalid(format!(
+                    "berth.service_env: \"{svc}\" is not a service name"
                 )));
             }
-        }
-        if let Some(e) = &f.encoding {
-            if !matches!(e.as_str(), "b64" | "base64" | "text/plain") {
-                return Err(DocumentError::Invalid(format!(
-                    "encoding \"{e}\" of {} is not supported (b64 or plain)",
-                    f.path
-                )));
+            for (k, v) in env {
+                if k.is_empty()
+                    || k.contains('=')
+                    || k.chars().any(char::is_control)
+                    || v.chars().any(|c| c == '\n' || c == '\r' || c == '\0')
+                {
+                    return Err(invalid(format!(
+                        "berth.service_env.{svc}: {k:?} is not KEY=VALUE on one line"
+                    )));
+                }
             }
         }
     }
