@@ -61,7 +61,9 @@ pub fn shutdown_steps(sys: &dyn Sys, action: ShutdownAction, mountinfo: &str) {
             ShutdownAction::Poweroff => "powering off",
         }
     );
-    // Let the last line leave the serial port.
+    // Let the last lines leave the serial port (bounded: a console that
+    // never drains does not hold up the reboot).
+    crate::console::drain();
     std::thread::sleep(Duration::from_millis(300));
     if let Err(e) = sys.reboot(action) {
         crate::say!("reboot(2): {e}");
