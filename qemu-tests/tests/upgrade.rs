@@ -1,8 +1,9 @@
 //! Atomic upgrades with automatic rollback, each a real multi-boot
 //! scenario on one persistent disk: upgrade and come back on the new
 //! version with /var and an admin's /etc edit kept; roll back by hand; a
-//! new version that never gets ready, and one whose kernel panics, both
-//! undone by systemd-boot's boot counting with no one touching the host.
+//! new version that never gets ready, one whose kernel panics, and one
+//! whose PID 1 hangs (reset by the watchdog), all undone by systemd-boot's
+//! boot counting with no one touching the host.
 
 use std::path::Path;
 use std::time::Duration;
@@ -202,6 +203,57 @@ fn versions_that_never_get_ready_or_panic_roll_back_by_themselves() {
     assert!(
         vm.console_text().contains("Kernel panic"),
         "v3.0.1 was expected to panic"
+    );
+}
+
+#[test]
+fn a_version_whose_pid1_hangs_is_reset_by_the_watchdog_and_rolls_back() {
+    skip_unless_qemu!();
+    let v2 = image(Path::new("qemu-tests/manifests/upgrade-v2.toml"));
+    let server = UpdateServer::start(&v2).unwrap();
+    let mut vm = Vm::boot(&v2, options(&server)).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=2.0.0",
+        READY_TIMEOUT,
+    )
+    .unwrap();
+    let console = vm.console_text();
+    assert!(
+        console.contains(
+            "berth-init: watchdog: armed Software Watchdog (/dev/watchdog0), timeout 60 s"
+        ),
+        "v2 did not arm softdog with the default timeout"
+    );
+
+    // v3's PID 1 stops after its ready line, before blessing: only the
+    // watchdog can end such a boot, three times, then v2 is back.
+    failed_version_comes_back_to_v2(
+        &mut vm,
+        &server,
+        "qemu-tests/manifests/upgrade-v3-hang.toml",
+        "3.0.2",
+    );
+    let console = vm.console_text();
+    let tries = console
+        .matches("berth-init: fault injection (berth.fault=pid1-hang): PID 1 stops here")
+        .count();
+    let resets = console.matches("softdog: Initiating system reboot").count();
+    assert!(
+        console.contains("watchdog: armed Software Watchdog (/dev/watchdog0), timeout 15 s"),
+        "v3 did not arm its watchdog"
+    );
+    assert!(
+        console.contains("berth-init: ready image=upgrade version=3.0.2"),
+        "v3 never got as far as its ready line"
+    );
+    assert!(tries >= 3, "PID 1 hung on {tries} tries, expected 3");
+    assert!(
+        resets >= tries,
+        "{resets} watchdog resets for {tries} hangs"
+    );
+    assert!(
+        !console.contains("boot is good: blessed"),
+        "a hung boot was blessed"
     );
 }
 

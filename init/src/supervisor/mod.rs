@@ -190,6 +190,9 @@ impl Supervisor {
     pub fn run(&mut self) -> ShutdownAction {
         loop {
             let now = Instant::now();
+            // Each turn is progress: a loop that stops turning gets the
+            // machine reset.
+            crate::watchdog::pet();
             crate::console::flush();
             self.handle_signals();
             self.handle_power_buttons();
