@@ -40,6 +40,7 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
         network: m.network.clone(),
         debug_shell: m.host.debug_shell,
         ready_deadline_ms: m.host.ready_deadline_ms,
+        watchdog_timeout_ms: m.host.watchdog_timeout_ms,
         services,
     }
 }

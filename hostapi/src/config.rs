@@ -34,6 +34,9 @@ pub struct HostConfig {
     /// How long a boot still on trial (boot counting) may take to become
     /// ready before stage 2 reboots it so the counter runs down.
     pub ready_deadline_ms: u64,
+    /// The watchdog's timeout: a PID 1 that makes no progress this long
+    /// gets the machine reset. 0: no watchdog.
+    pub watchdog_timeout_ms: u64,
     /// The services, in manifest order.
     pub services: Vec<Service>,
 }

@@ -6,7 +6,7 @@
 //! development:
 //!
 //! ```text
-//! berth-init supervise --config FILE [--log-dir DIR] [--socket PATH]
+//! berth-init supervise --config FILE [--log-dir DIR] [--socket PATH] [--console TTY]
 //! ```
 
 use std::path::PathBuf;
@@ -14,14 +14,16 @@ use std::path::PathBuf;
 /// Usage text.
 pub const USAGE: &str = "\
 usage: berth-init                   (as PID 1: stage 1 in an initramfs, else stage 2)
-       berth-init supervise --config FILE [--log-dir DIR] [--socket PATH]
+       berth-init supervise --config FILE [--log-dir DIR] [--socket PATH] [--console TTY]
        berth-init --version
 
 supervise runs the services of a host configuration (JSON, as in
 /usr/lib/berth/host.json) as an ordinary process: no mounts, no reboot.
 It is a child subreaper, logs to DIR/<service>.log (default ./berth-logs),
-serves the control protocol on PATH when given, and exits 0 after stopping
-every service on SIGTERM, SIGINT, SIGUSR1, SIGUSR2 or a shutdown request.";
+serves the control protocol on PATH when given, writes its console output
+to TTY as PID 1 writes /dev/console (never blocking; standard error
+without it), and exits 0 after stopping every service on SIGTERM, SIGINT,
+SIGUSR1, SIGUSR2 or a shutdown request.";
 
 /// Options of `supervise`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct SuperviseOpts {
     pub log_dir: PathBuf,
     /// The control socket, if any.
     pub socket: Option<PathBuf>,
+    /// A terminal to use as the console instead of standard error.
+    pub console: Option<PathBuf>,
 }
 
 /// What was asked for.
@@ -60,6 +64,7 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
     let mut config = None;
     let mut log_dir = PathBuf::from("berth-logs");
     let mut socket = None;
+    let mut console = None;
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
@@ -75,6 +80,7 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
             "--config" => config = Some(PathBuf::from(value()?)),
             "--log-dir" => log_dir = PathBuf::from(value()?),
             "--socket" => socket = Some(PathBuf::from(value()?)),
+            "--console" => console = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Ok(Cmd::Help),
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -84,6 +90,7 @@ pub fn parse(args: &[String]) -> Result<Cmd, String> {
         config,
         log_dir,
         socket,
+        console,
     }))
 }
 
@@ -99,12 +106,13 @@ mod tests {
     fn supervise_options() {
         assert_eq!(
             parse(&args(
-                "supervise --config c.json --log-dir /tmp/l --socket=/tmp/s"
+                "supervise --config c.json --log-dir /tmp/l --socket=/tmp/s --console /dev/pts/9"
             )),
             Ok(Cmd::Supervise(SuperviseOpts {
                 config: "c.json".into(),
                 log_dir: "/tmp/l".into(),
                 socket: Some("/tmp/s".into()),
+                console: Some("/dev/pts/9".into()),
             }))
         );
         assert!(matches!(

@@ -8,6 +8,7 @@
 //! | `ostree=/ostree/deploy/<os>/deploy/<csum>.<serial>` | the deployment (a symlink is resolved) |
 //! | `berth.root_timeout=SECS` | how long to wait for the root partition (default 30) |
 //! | `berth.debug` | emergency shell on failure; also `berth.debug=1` |
+//! | `berth.fault=pid1-hang` | testing aid: PID 1 stops, see [`Fault`] |
 //!
 //! Everything else is ignored.
 
@@ -20,6 +21,27 @@ pub enum RootSpec {
     PartUuid(String),
     /// `root=/dev/…`: a device node.
     Path(String),
+}
+
+/// A fault to inject, for tests that need a PID 1 gone wrong: inert
+/// unless `berth.fault=` names it on the kernel command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `pid1-hang`: once the host is ready, stage 2 stops its loop for
+    /// good before it blesses the boot: no more reaping, control socket,
+    /// deadline or watchdog keep-alive, as if PID 1 were stuck. Only the
+    /// watchdog gets such a host back.
+    Pid1Hang,
+}
+
+impl Fault {
+    /// The fault a `berth.fault=` value names.
+    pub fn parse(value: &str) -> Option<Fault> {
+        match value {
+            "pid1-hang" => Some(Fault::Pid1Hang),
+            _ => None,
+        }
+    }
 }
 
 /// What berth-init takes from the kernel command line.
@@ -37,6 +59,8 @@ pub struct Cmdline {
     pub root_timeout: Duration,
     /// `berth.debug`: emergency shell instead of a reboot on failure.
     pub debug: bool,
+    /// `berth.fault=`: a fault to inject (tests only).
+    pub fault: Option<Fault>,
 }
 
 /// The default wait for the root partition.
@@ -51,6 +75,7 @@ impl Default for Cmdline {
             ostree: None,
             root_timeout: DEFAULT_ROOT_TIMEOUT,
             debug: false,
+            fault: None,
         }
     }
 }
@@ -121,6 +146,7 @@ impl Cmdline {
                     }
                 }
                 ("berth.debug", v) => out.debug = truthy(v),
+                ("berth.fault", Some(v)) => out.fault = Fault::parse(v),
                 _ => {}
             }
         }
@@ -156,6 +182,21 @@ mod tests {
         assert_eq!(c.root_timeout, Duration::from_secs(5));
         assert!(c.debug);
         assert_eq!(c.rootfstype, "ext4");
+        assert_eq!(c.fault, None);
+    }
+
+    #[test]
+    fn a_fault_is_injected_only_when_named() {
+        let c = Cmdline::parse("root=/dev/vda2 berth.fault=pid1-hang");
+        assert_eq!(c.fault, Some(Fault::Pid1Hang));
+        for other in [
+            "berth.fault",
+            "berth.fault=",
+            "berth.fault=nope",
+            "pid1-hang",
+        ] {
+            assert_eq!(Cmdline::parse(other).fault, None, "{other}");
+        }
     }
 
     #[test]

@@ -37,6 +37,48 @@ struct Client {
     dead: bool,
 }
 
+/// Bytes read from an answered client per wake-up: it may only send its
+/// end of stream (or follow's hang-up); the rest is ignored.
+const MAX_AFTER_ANSWER: usize = 4096;
+
+/// Reads what client `c` sent, at most its request limit per wake-up (a
+/// client that streams without end cannot keep PID 1 in this loop): up to
+/// one byte past [`MAX_REQUEST`] before its request, [`MAX_AFTER_ANSWER`]
+/// after it.
+fn read_some(c: &mut Client) {
+    let mut budget = if c.answered {
+        MAX_AFTER_ANSWER
+    } else {
+        (MAX_REQUEST + 1).saturating_sub(c.inbuf.len())
+    };
+    let mut buf = [0u8; 4096];
+    while budget > 0 {
+        let want = budget.min(buf.len());
+        match c.stream.read(buf.get_mut(..want).unwrap_or_default()) {
+            Ok(0) => {
+                c.eof = true;
+                return;
+            }
+            Ok(n) => {
+                budget = budget.saturating_sub(n);
+                if !c.answered {
+                    c.inbuf.extend_from_slice(buf.get(..n).unwrap_or_default());
+                    // One request per connection: stop at its end.
+                    if buf.get(..n).is_some_and(|b| b.contains(&b'\n')) {
+                        return;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                c.dead = true;
+                return;
+            }
+        }
+    }
+}
+
 /// The listening socket and its clients.
 #[derive(Debug)]
 pub struct ControlServer {
@@ -80,7 +122,11 @@ impl ControlServer {
     /// Accepts new clients and reads from all of them; returns complete
     /// requests.
     pub fn poll_requests(&mut self, now: Instant) -> Vec<Incoming> {
-        while let Ok((stream, _)) = self.listener.accept() {
+        // Bounded too: a flood of connections waits for the next turn.
+        for _ in 0..MAX_CLIENTS {
+            let Ok((stream, _)) = self.listener.accept() else {
+                break;
+            };
             if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
                 continue;
             }
@@ -102,26 +148,7 @@ impl ControlServer {
             if c.eof || c.dead {
                 continue;
             }
-            let mut buf = [0u8; 4096];
-            loop {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        c.eof = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        if !c.answered {
-                            c.inbuf.extend_from_slice(buf.get(..n).unwrap_or_default());
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        c.dead = true;
-                        break;
-                    }
-                }
-            }
+            read_some(c);
             if c.answered {
                 continue;
             }
@@ -237,5 +264,73 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fills the socket's buffers from the client side without blocking;
+    /// returns how many bytes were sent.
+    fn stuff(client: &mut UnixStream, byte: u8) -> io::Result<usize> {
+        client.set_nonblocking(true)?;
+        let chunk = [byte; 4096];
+        let mut sent = 0;
+        loop {
+            match client.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_at_most_the_request_limit_per_wake_up() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("init.sock");
+        let mut server = ControlServer::bind(&path)?;
+        let mut client = UnixStream::connect(&path)?;
+        let sent = stuff(&mut client, b'x')?;
+        assert!(sent > 2 * MAX_REQUEST, "only {sent} bytes fit the socket");
+        let got = server.poll_requests(Instant::now());
+        assert_eq!(got.len(), 1);
+        assert!(
+            matches!(got.first(), Some((_, Err(m))) if m == "request line too long"),
+            "{got:?}"
+        );
+        let read: usize = server.clients.iter().map(|c| c.inbuf.len()).sum();
+        assert!(
+            read <= MAX_REQUEST + 1,
+            "read {read} of {sent} bytes in one wake-up"
+        );
+        // Once answered, what it keeps sending is read a little at a time.
+        let before = client.take_error();
+        assert!(before.is_ok());
+        server.poll_requests(Instant::now());
+        assert!(
+            server
+                .clients
+                .iter()
+                .all(|c| c.inbuf.len() <= MAX_REQUEST + 1)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_request_line_is_answered_and_the_rest_ignored() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("init.sock");
+        let mut server = ControlServer::bind(&path)?;
+        let mut client = UnixStream::connect(&path)?;
+        client.write_all(b"{\"op\":\"services\"}\n")?;
+        stuff(&mut client, b'y')?;
+        let got = server.poll_requests(Instant::now());
+        assert!(
+            matches!(got.as_slice(), [(_, Ok(Request::Services))]),
+            "{got:?}"
+        );
+        Ok(())
     }
 }

@@ -79,6 +79,7 @@ pub fn install_panic_hook(pid1: bool) {
         if pid1 {
             crate::say!("rebooting in {} s", REBOOT_DELAY.as_secs());
             std::thread::sleep(REBOOT_DELAY);
+            crate::console::drain();
             rustix::fs::sync();
             let _ = crate::ffi::reboot_in_child(rustix::system::RebootCommand::Restart);
             crate::shutdown::sleep_forever();

@@ -2,7 +2,8 @@
 //! each behind a small safe function. This is the only module with `unsafe`.
 //!
 //! What lives here: the signal mask and the signalfd, `fork` for the final
-//! `reboot(2)`, `kill(-1, …)`, the interface-flags ioctl, the partition and
+//! `reboot(2)`, `kill(-1, …)`, the interface-flags ioctl, the watchdog
+//! timeout ioctls, the partition and
 //! ext4 resize ioctls (growing the root), and the code that runs in a child
 //! between `fork` and `exec`.
 
@@ -114,6 +115,30 @@ pub fn tty_output_pending(fd: &impl AsFd) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(usize::try_from(pending).unwrap_or(0))
+}
+
+/// `WDIOC_SETTIMEOUT`, `_IOWR('W', 6, int)` of <linux/watchdog.h>.
+const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+/// `WDIOC_GETTIMEOUT`, `_IOR('W', 7, int)`.
+const WDIOC_GETTIMEOUT: libc::c_ulong = 0x8004_5707;
+
+/// Asks the watchdog open as `fd` to reset the machine `secs` seconds
+/// after the last keep-alive; returns the timeout the driver chose (it
+/// may round). `None` asks only for the current one.
+pub fn watchdog_timeout(fd: &impl AsFd, secs: Option<u32>) -> io::Result<u32> {
+    let mut value = libc::c_int::try_from(secs.unwrap_or(0)).map_err(io::Error::other)?;
+    let request = if secs.is_some() {
+        WDIOC_SETTIMEOUT
+    } else {
+        WDIOC_GETTIMEOUT
+    };
+    // SAFETY: both requests read and/or write one int through the pointer,
+    // which points to `value`; the descriptor is borrowed for the call.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), request, &mut value) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(value).unwrap_or(0))
 }
 
 /// Whether file descriptor `fd` is open (PID 1 may start without 0, 1, 2

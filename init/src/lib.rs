@@ -27,6 +27,7 @@ pub mod console;
 pub mod control;
 pub mod envfile;
 pub mod failure;
+pub mod fault;
 pub mod ffi;
 pub mod gpt;
 pub mod growroot;
@@ -47,6 +48,7 @@ pub mod switch_root;
 pub mod sys;
 pub mod sysctl;
 pub mod users;
+pub mod watchdog;
 
 use std::path::Path;
 

@@ -65,7 +65,11 @@ pub fn run(argv: &[String], timeout: Duration) -> Result<ExitStatus, OneshotErro
                 let _ = child.wait();
                 return Err(OneshotError::Timeout { program, timeout });
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                // Waiting with a deadline is progress.
+                crate::watchdog::pet();
+                std::thread::sleep(Duration::from_millis(50));
+            }
             Err(source) => return Err(OneshotError::Wait { program, source }),
         }
     }

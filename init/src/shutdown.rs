@@ -25,14 +25,20 @@ fn keep_mounted(target: &str) -> bool {
 /// Everything up to (and including) the reboot call, given the text of
 /// /proc/self/mountinfo. Errors are printed and skipped: a shutdown goes on.
 pub fn shutdown_steps(sys: &dyn Sys, action: ShutdownAction, mountinfo: &str) {
+    // The watchdog stays armed and petted between steps: a step that hangs
+    // (a sync on a dead disk) gets the machine reset.
+    crate::watchdog::pet();
     crate::say!("sending SIGTERM to all processes");
     let _ = sys.kill_all(libc::SIGTERM);
     if !sys.wait_all_children(TERM_GRACE) {
+        crate::watchdog::pet();
         crate::say!("sending SIGKILL to all processes");
         let _ = sys.kill_all(libc::SIGKILL);
         sys.wait_all_children(Duration::from_secs(2));
     }
+    crate::watchdog::pet();
     sys.sync();
+    crate::watchdog::pet();
     let targets = mounts::mountinfo_targets(mountinfo);
     for target in targets.iter().rev() {
         if keep_mounted(target) {
@@ -53,6 +59,7 @@ pub fn shutdown_steps(sys: &dyn Sys, action: ShutdownAction, mountinfo: &str) {
         }
     }
     sys.sync();
+    crate::watchdog::pet();
     crate::say!(
         "{}",
         match action {
@@ -61,8 +68,15 @@ pub fn shutdown_steps(sys: &dyn Sys, action: ShutdownAction, mountinfo: &str) {
             ShutdownAction::Poweroff => "powering off",
         }
     );
-    // Let the last line leave the serial port.
+    // Let the last lines leave the serial port (bounded: a console that
+    // never drains does not hold up the reboot).
+    crate::console::drain();
     std::thread::sleep(Duration::from_millis(300));
+    // A reboot keeps the watchdog armed, so one that hangs still resets;
+    // a machine asked to stay down must not be restarted by it.
+    if action != ShutdownAction::Reboot {
+        crate::watchdog::disarm();
+    }
     if let Err(e) = sys.reboot(action) {
         crate::say!("reboot(2): {e}");
     }

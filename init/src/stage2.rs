@@ -20,7 +20,7 @@ use crate::signals::Signals;
 use crate::supervisor::spawn::is_executable;
 use crate::supervisor::{Options, Supervisor, UnitSpec};
 use crate::sys::{MountFlags, Sys};
-use crate::{bless, coldplug, failure, mounts, network, shutdown, sysctl};
+use crate::{bless, coldplug, failure, mounts, network, shutdown, sysctl, watchdog};
 
 /// Where service logs go.
 pub const LOG_DIR: &str = "/var/log/berth";
@@ -241,6 +241,11 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
     if Path::new("/sys/firmware/efi").exists() {
         wanted.push("efivarfs".into());
     }
+    // Loaded even when coldplug finds a real watchdog: an unopened softdog
+    // does nothing.
+    if config.watchdog_timeout_ms > 0 && index.contains(watchdog::SOFTDOG_MODULE) {
+        wanted.push(watchdog::SOFTDOG_MODULE.into());
+    }
     let (mut loaded, mut failed) = modules::load(sys, &index, &wanted, &modules::is_loaded);
     let (l, f) = coldplug::coldplug(sys, &index, Path::new("/sys/devices"), &modules::is_loaded);
     loaded.extend(l);
@@ -285,6 +290,22 @@ fn grow_root(paths: &BlockPaths, root: Option<&blockdev::Found>) {
             }
         }
         Err(e) => crate::say!("growing the root: {}", crate::console::chain(&e)),
+    }
+}
+
+/// Arms the watchdog with the configuration's timeout (none when 0); a
+/// host without one runs on, saying so.
+fn arm_watchdog(config: &HostConfig) {
+    if config.watchdog_timeout_ms == 0 {
+        return;
+    }
+    let timeout = Duration::from_millis(config.watchdog_timeout_ms);
+    match watchdog::arm(Path::new(watchdog::SYSFS_DIR), Path::new("/dev"), timeout) {
+        Ok(what) => crate::say!("watchdog: armed {what}"),
+        Err(e) => crate::say!(
+            "watchdog: {}; running without one",
+            crate::console::chain(&e)
+        ),
     }
 }
 
@@ -363,6 +384,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
 
     set_hostname(sys, &config);
     load_modules(sys, &config);
+    arm_watchdog(&config);
     let paths = BlockPaths::default();
     let root = root_partition(&paths, cmdline);
     let esp = root
@@ -380,6 +402,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     if cmdline.root.is_some() {
         grow_root(&paths, root.as_ref());
     }
+    watchdog::pet();
     network::loopback_up();
     if provision() {
         // The data may have named another hostname.
@@ -410,7 +433,11 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         .map(|service| UnitSpec { service, tty: None })
         .collect();
     specs.extend(extra_units(&config, cmdline, dhcp));
+    let fault = cmdline.fault;
     let on_ready: Box<dyn FnMut()> = Box::new(move || {
+        if fault == Some(crate::cmdline::Fault::Pid1Hang) {
+            crate::fault::hang("after the ready line, before blessing the boot");
+        }
         if let Some(t) = &trial {
             match bless::bless(Path::new(ESP_MOUNT), t) {
                 Ok(Some(path)) => crate::say!("boot is good: blessed {}", path.display()),

@@ -10,6 +10,12 @@ use crate::supervisor::{Options, Supervisor, UnitSpec};
 
 /// Runs the supervisor until a shutdown; returns the exit code.
 pub fn run(opts: &SuperviseOpts) -> i32 {
+    if let Some(tty) = &opts.console {
+        if let Err(e) = crate::console::attach_console_at(tty) {
+            crate::say!("opening the console {}: {e}", tty.display());
+            return 1;
+        }
+    }
     let config = match HostConfig::load(&opts.config) {
         Ok(c) => c,
         Err(e) => {
@@ -52,5 +58,6 @@ pub fn run(opts: &SuperviseOpts) -> i32 {
     let action = supervisor.run();
     drop(supervisor);
     crate::say!("all services stopped ({action:?} requested); exiting");
+    crate::console::drain();
     0
 }

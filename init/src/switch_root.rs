@@ -35,10 +35,15 @@ fn step(what: impl Into<String>, result: std::io::Result<()>) -> Result<(), Swit
 /// not the boot.
 pub fn switch_root(sys: &dyn Sys, new_root: &Path, init: &Path) -> SwitchError {
     match switch(sys, new_root) {
-        Ok(()) => SwitchError {
-            what: format!("executing {}", init.display()),
-            source: sys.exec(init),
-        },
+        Ok(()) => {
+            // Lines still queued for the console would die with this
+            // process image (bounded wait).
+            crate::console::drain();
+            SwitchError {
+                what: format!("executing {}", init.display()),
+                source: sys.exec(init),
+            }
+        }
         Err(e) => e,
     }
 }

@@ -58,6 +58,9 @@ pub struct VmOptions {
     /// Grow the boot disk to this many bytes before the boot (the image
     /// itself is never changed).
     pub disk_size: Option<u64>,
+    /// Extra emulated devices, as `-device` arguments (`i6300esb`, a
+    /// hardware watchdog).
+    pub devices: Vec<String>,
 }
 
 impl VmOptions {
@@ -102,6 +105,9 @@ impl VmOptions {
                 format!("virtio-blk-pci,drive=extra{i}").into(),
             ]);
         }
+        for device in &self.devices {
+            config.extra_args.extend(["-device".into(), device.into()]);
+        }
         config
     }
 }
@@ -119,6 +125,7 @@ impl Default for VmOptions {
             accel: None,
             extra_drives: Vec::new(),
             disk_size: None,
+            devices: Vec::new(),
         }
     }
 }

@@ -323,8 +323,18 @@ fn the_acpi_power_button_powers_the_host_off_cleanly() {
     // What `virsh shutdown`, a cloud provider's "stop" or QEMU's
     // system_powerdown does: the kernel reports the press on the input
     // device "Power Button" (modules button and evdev, which every image
-    // keeps and coldplug loads).
-    let (mut vm, _) = boot(SERVICES, VmOptions::default());
+    // keeps and coldplug loads). The machine has a hardware watchdog,
+    // which berth-init prefers to softdog (loaded first, so watchdog0).
+    let options = VmOptions {
+        devices: vec!["i6300esb".into()],
+        ..VmOptions::default()
+    };
+    let (mut vm, _) = boot(SERVICES, options);
+    assert!(
+        vm.console_text()
+            .contains("berth-init: watchdog: armed i6300ESB timer (/dev/watchdog1), timeout 60 s"),
+        "the hardware watchdog was not armed"
+    );
     let start = vm.console_text().len();
     vm.press_power_button().unwrap();
     let status = vm.wait_exit(POWER_OFF_TIMEOUT).unwrap();

@@ -1,9 +1,10 @@
 //! Atomic upgrades with automatic rollback, each a real multi-boot
 //! scenario on one persistent disk: upgrade and come back on the new
 //! version with /var and an admin's /etc edit kept; roll back by hand; a
-//! new version that never gets ready, and one whose kernel panics, both
-//! undone by systemd-boot's boot counting with no one touching the host.
-//! Power cuts during an upgrade are in power_cuts.rs.
+//! new version that never gets ready, one whose kernel panics, and one
+//! whose PID 1 hangs (reset by the watchdog), all undone by systemd-boot's
+//! boot counting with no one touching the host. Power cuts during an
+//! upgrade are in power_cuts.rs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -103,12 +104,14 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
 /// Upgrades the VM (booted on v2, whose server is `server`) to the
 /// version in `manifest`, which fails on every try; waits until the host
 /// is back on v2 by itself and checks the failed commit is recorded and
-/// not offered again.
+/// not offered again. With `refuse_on_trial`, also checks that an upgrade
+/// started from the first trial boot is refused.
 fn failed_version_comes_back_to_v2(
     vm: &mut Vm,
     server: &UpdateServer,
     manifest: &str,
     version: &str,
+    refuse_on_trial: bool,
 ) {
     let built = server.publish(Path::new(manifest)).unwrap();
     let commit = built
@@ -120,6 +123,14 @@ fn failed_version_comes_back_to_v2(
     vm.send_line("berthctl upgrade --reboot").unwrap();
     vm.wait_for(&format!("deployed {version}"), UPGRADE)
         .unwrap();
+    if refuse_on_trial {
+        // On trial, an upgrade would remove the last blessed version (v2):
+        // refused, nothing fetched.
+        vm.wait_for("is on trial", READY_TIMEOUT).unwrap();
+        let (code, out) = vm.run_shell("berthctl upgrade", SHELL).unwrap();
+        assert_ne!(code, 0, "an upgrade from a trial boot went ahead:\n{out}");
+        assert!(out.contains("still on trial"), "{out}");
+    }
     // Three tries, each ending in a reboot, then systemd-boot falls back.
     vm.wait_for(
         "berth-init: ready image=upgrade version=2.0.0",
@@ -183,6 +194,7 @@ fn versions_that_never_get_ready_or_panic_roll_back_by_themselves() {
         &server,
         "qemu-tests/manifests/upgrade-v3-unready.toml",
         "3.0.0",
+        true,
     );
     let console = vm.console_text();
     assert!(
@@ -199,10 +211,68 @@ fn versions_that_never_get_ready_or_panic_roll_back_by_themselves() {
         &server,
         "qemu-tests/manifests/upgrade-v3-panic.toml",
         "3.0.1",
+        false,
     );
     assert!(
         vm.console_text().contains("Kernel panic"),
         "v3.0.1 was expected to panic"
+    );
+}
+
+#[test]
+fn a_version_whose_pid1_hangs_is_reset_by_the_watchdog_and_rolls_back() {
+    skip_unless_qemu!();
+    let v2 = image(Path::new("qemu-tests/manifests/upgrade-v2.toml"));
+    let server = UpdateServer::start(&v2).unwrap();
+    let mut vm = Vm::boot(&v2, options(&server)).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=2.0.0",
+        READY_TIMEOUT,
+    )
+    .unwrap();
+    let console = vm.console_text();
+    assert!(
+        console.contains(
+            "berth-init: watchdog: armed Software Watchdog (/dev/watchdog0), timeout 60 s"
+        ),
+        "v2 did not arm softdog with the default timeout"
+    );
+
+    // v3's PID 1 stops after its ready line, before blessing: only the
+    // watchdog can end such a boot, three times, then v2 is back.
+    let started = std::time::Instant::now();
+    failed_version_comes_back_to_v2(
+        &mut vm,
+        &server,
+        "qemu-tests/manifests/upgrade-v3-hang.toml",
+        "3.0.2",
+        false,
+    );
+    let console = vm.console_text();
+    let tries = console
+        .matches("berth-init: fault injection (berth.fault=pid1-hang): PID 1 stops here")
+        .count();
+    let resets = console.matches("softdog: Initiating system reboot").count();
+    assert!(
+        console.contains("watchdog: armed Software Watchdog (/dev/watchdog0), timeout 15 s"),
+        "v3 did not arm its watchdog"
+    );
+    assert!(
+        console.contains("berth-init: ready image=upgrade version=3.0.2"),
+        "v3 never got as far as its ready line"
+    );
+    println!(
+        "upgrade to the hanging v3 and back on v2 in {:.0?}: {tries} hangs, {resets} watchdog resets",
+        started.elapsed()
+    );
+    assert!(tries >= 3, "PID 1 hung on {tries} tries, expected 3");
+    assert!(
+        resets >= tries,
+        "{resets} watchdog resets for {tries} hangs"
+    );
+    assert!(
+        !console.contains("boot is good: blessed"),
+        "a hung boot was blessed"
     );
 }
 

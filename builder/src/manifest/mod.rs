@@ -147,6 +147,8 @@ pub struct Host {
     pub debug_shell: bool,
     /// Deadline for a boot on trial to become ready.
     pub ready_deadline_ms: u64,
+    /// The watchdog's timeout; 0: no watchdog.
+    pub watchdog_timeout_ms: u64,
     /// sysctl settings.
     pub sysctls: std::collections::BTreeMap<String, String>,
 }

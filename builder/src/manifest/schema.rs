@@ -89,6 +89,7 @@ pub struct RawHost {
     #[serde(default)]
     pub debug_shell: bool,
     pub ready_deadline: Option<Spanned<String>>,
+    pub watchdog_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub sysctls: BTreeMap<String, Spanned<toml::Value>>,
 }

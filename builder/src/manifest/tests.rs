@@ -46,6 +46,27 @@ fn good_manifest_parses_with_defaults() {
     assert_eq!(m.services[1].restart, Restart::OnFailure);
     assert_eq!(m.kernel.package.value, "linux-image-amd64");
     assert_eq!(m.network, Network::None);
+    assert_eq!(m.host.watchdog_timeout_ms, 60_000);
+}
+
+#[test]
+fn watchdog_timeouts() {
+    let host =
+        |v: &str| format!("name = \"x\"\nversion = \"1\"\n[host]\nwatchdog-timeout = \"{v}\"\n");
+    assert_eq!(
+        parse(&host("15s")).unwrap().host.watchdog_timeout_ms,
+        15_000
+    );
+    assert_eq!(parse(&host("off")).unwrap().host.watchdog_timeout_ms, 0);
+    assert_eq!(parse(&host("0s")).unwrap().host.watchdog_timeout_ms, 0);
+    for bad in ["2s", "2h", "soon"] {
+        let e = err(&host(bad));
+        assert_eq!(
+            (e.key.as_str(), e.position.map(|p| p.0)),
+            ("host.watchdog-timeout", Some(4)),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -437,6 +437,14 @@ fn check_host(c: &Checker, raw: super::schema::RawHost) -> Result<Host, Manifest
         }
         None => 300_000,
     };
+    let watchdog_timeout_ms = match raw.watchdog_timeout {
+        Some(t) => {
+            let span = t.span();
+            check_watchdog_timeout(t.get_ref())
+                .map_err(|m| c.err("host.watchdog-timeout", &span, m))?
+        }
+        None => DEFAULT_WATCHDOG_TIMEOUT_MS,
+    };
     let mut sysctls = BTreeMap::new();
     for (key, value) in raw.sysctls {
         let span = value.span();
@@ -469,8 +477,29 @@ fn check_host(c: &Checker, raw: super::schema::RawHost) -> Result<Host, Manifest
         hostname,
         debug_shell: raw.debug_shell,
         ready_deadline_ms,
+        watchdog_timeout_ms,
         sysctls,
     })
+}
+
+/// `[host] watchdog-timeout` when the manifest gives none (berth-init's
+/// own default, docs/init.md).
+pub const DEFAULT_WATCHDOG_TIMEOUT_MS: u64 = 60_000;
+
+/// A watchdog timeout: `"off"` (or `"0s"`) for none, else 5 s to 1 h:
+/// shorter would reset a loaded host whose PID 1 is only slow, and every
+/// watchdog driver takes an hour (softdog up to 65535 s).
+fn check_watchdog_timeout(text: &str) -> Result<u64, String> {
+    if text.trim() == "off" {
+        return Ok(0);
+    }
+    let ms = parse_duration_ms(text)?;
+    if ms != 0 && !(5_000..=3_600_000).contains(&ms) {
+        return Err(format!(
+            "`{text}` is out of range: \"off\", or from \"5s\" to \"1h\""
+        ));
+    }
+    Ok(ms)
 }
 
 fn check_network(c: &Checker, raw: RawNetwork) -> Result<Network, ManifestError> {

@@ -11,7 +11,10 @@ use crate::command::{self, CommandError};
 /// Modules every image keeps: virtual and common real storage and network
 /// drivers, the file systems Berth uses (ext4 root, vfat ESP, efivarfs,
 /// ISO 9660 provisioning seeds, overlay), fw_cfg provisioning, and what
-/// containers need (veth, bridge), and the ACPI power button (button, evdev).
+/// containers need (veth, bridge), the ACPI power button (button, evdev),
+/// and watchdogs for berth-init to arm: the kernel's software one
+/// (softdog) and QEMU's emulated Intel 6300ESB (i6300esb), which coldplug
+/// loads when the device is there.
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -44,6 +47,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "br_netfilter",
     "button",
     "evdev",
+    "softdog",
+    "i6300esb",
 ];
 
 /// Modules the initramfs carries: only what reaching the root partition

@@ -190,6 +190,10 @@ impl Supervisor {
     pub fn run(&mut self) -> ShutdownAction {
         loop {
             let now = Instant::now();
+            // Each turn is progress: a loop that stops turning gets the
+            // machine reset.
+            crate::watchdog::pet();
+            crate::console::flush();
             self.handle_signals();
             self.handle_power_buttons();
             self.read_pipes();
@@ -239,6 +243,10 @@ impl Supervisor {
         }
         for dev in &self.power_buttons {
             fds.push(PollFd::new(dev, PollFlags::IN));
+        }
+        // Room on a console that output waits for.
+        if let Some(fd) = crate::console::pending_fd() {
+            fds.push(PollFd::from_borrowed_fd(fd, PollFlags::OUT));
         }
         let ts = Timespec {
             tv_sec: timeout.as_secs() as i64,
@@ -332,7 +340,7 @@ impl Supervisor {
         let Some(u) = self.units.get_mut(unit) else {
             return;
         };
-        crate::console::write_line(&format!("[{}] {line}", u.spec.name));
+        crate::console::write_service_line(&format!("[{}] {line}", u.spec.name));
         u.log.write_line(line);
         if let Some(c) = &mut self.control {
             c.broadcast(&u.spec.name, line);

@@ -45,6 +45,24 @@ impl Supervisor {
 
     /// Like `start`, in a directory the test prepared.
     pub fn start_in(dir: tempfile::TempDir, services: Vec<Service>) -> Result<Supervisor> {
+        Supervisor::start_with(dir, services, &[])
+    }
+
+    /// Like `start`, with the terminal `tty` as its console (`--console`)
+    /// instead of standard error.
+    pub fn start_with_console(services: Vec<Service>, tty: &Path) -> Result<Supervisor> {
+        Supervisor::start_with(
+            tempfile::tempdir()?,
+            services,
+            &["--console".as_ref(), tty.as_os_str()],
+        )
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        services: Vec<Service>,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Supervisor> {
         let config = HostConfig {
             image: "test".into(),
             version: "0.0.1".into(),
@@ -64,6 +82,7 @@ impl Supervisor {
             .arg(&log_dir)
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("stdout.txt"))?)
@@ -212,6 +231,17 @@ impl Drop for Supervisor {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A pseudo-terminal: its master (keep it open, and read it or not), and
+/// the path of its slave.
+pub fn pty() -> Result<(std::os::fd::OwnedFd, PathBuf)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    Ok((master, PathBuf::from(name.to_string_lossy().into_owned())))
 }
 
 /// kill(2) for tests.
