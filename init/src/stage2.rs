@@ -507,7 +507,7 @@ mod tests {
                 "mkdir /sys/firmware/efi/efivars 755",
                 "mount -t efivarfs efivarfs /sys/firmware/efi/efivars -o nosuid,nodev,noexec",
                 "mkdir /efi 700",
-                "mount -t vfat /dev/vda1 /efi -o nosuid,nodev,noexec,umask=0077,shortname=mixed",
+                "mount -t vfat /dev/vda1 /efi -o nosuid,nodev,noexec,dirsync,umask=0077,shortname=mixed",
             ]
         );
         Ok(())

@@ -18,8 +18,8 @@
 //! synced again through its new name (which writes its size and first
 //! cluster into the new entry), and only then the directory. A cut before
 //! that second sync finds the old name (or the temporary) still intact on
-//! disk, because the rename had not reached it. The same holds for renames
-//! of boot entries ([`rename_entry`]) and for berth-init's blessing.
+//! disk, because the rename had not reached it. berth-init's blessing
+//! renames an entry by the same rule.
 //! docs/upgrades.md ("Power cuts") has the whole sequence.
 
 use std::collections::BTreeSet;
@@ -204,31 +204,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SysrootError> {
     Ok(())
 }
 
-/// Renames a boot entry (blessing, or marking bad) durably: rename, fsync
-/// the file through its new name, fsync the directory (see the module
-/// documentation for why the file comes first on vfat).
-pub fn rename_entry(esp: &Path, from: &EntryName, to: &EntryName) -> Result<(), SysrootError> {
-    let dir = esp.join(ENTRIES_DIR);
-    let (old, new) = (dir.join(from.file_name()), dir.join(to.file_name()));
-    std::fs::rename(&old, &new).map_err(|e| {
-        SysrootError::io(
-            format!(
-                "renaming boot entry {} to {}",
-                from.file_name(),
-                to.file_name()
-            ),
-            e,
-        )
-    })?;
-    fault::point(&format!("renamed {} to {}", old.display(), new.display()));
-    std::fs::File::open(&new)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| SysrootError::io(format!("syncing {}", new.display()), e))?;
-    sync_dir(&dir)?;
-    fault::point(&format!("synced {} and its directory", new.display()));
-    Ok(())
-}
-
 fn remove(path: &Path) -> Result<(), SysrootError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -386,16 +361,5 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
         assert_eq!(std::fs::read_dir(t.path().join("a")).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn rename_entry_blesses() {
-        let esp = tempfile::tempdir().unwrap();
-        let dir = esp.path().join(ENTRIES_DIR);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("berth-x.0+2-1.conf"), "e").unwrap();
-        let from = EntryName::parse("berth-x.0+2-1.conf").unwrap();
-        rename_entry(esp.path(), &from, &EntryName::good("berth-x.0")).unwrap();
-        assert_eq!(names(esp.path()), ["berth-x.0.conf"]);
     }
 }
