@@ -38,7 +38,8 @@ const READY_V2: &str = "berth-init: ready image=upgrade version=2.0.0";
 
 /// A v1 host booted once and frozen, with v2 on its update server.
 struct Fixture {
-    server: UpdateServer,
+    /// Serves v2 to every trial (stops on drop).
+    _server: UpdateServer,
     opts: VmOptions,
     snapshot: Snapshot,
 }
@@ -50,9 +51,13 @@ impl Fixture {
         server
             .publish(Path::new("qemu-tests/manifests/upgrade-v2.toml"))
             .unwrap();
+        // One vCPU each, so two trials run side by side on a 2-core
+        // machine (a TCG boot is mostly one busy vCPU anyway).
         let opts = VmOptions {
             persistent_copy: true,
             guest_forwards: vec![server.forward()],
+            cpus: 1,
+            memory_mib: 512,
             ..VmOptions::default()
         };
         let mut vm = Vm::boot(&v1, opts.clone()).unwrap();
@@ -73,7 +78,7 @@ impl Fixture {
         assert!(out.contains("Read-only"), "{out}");
         let snapshot = vm.snapshot(&opts).unwrap();
         Fixture {
-            server,
+            _server: server,
             opts,
             snapshot,
         }
@@ -195,6 +200,44 @@ fn after_the_cut(vm: Vm, fx: &Fixture, what: &str) -> Outcome {
     outcome
 }
 
+/// How many trials run at once (each a 1-vCPU guest).
+const PARALLEL: usize = 2;
+
+/// Runs `trial` on every item, [`PARALLEL`] at a time, and returns the
+/// results in the items' order; a trial that panics fails the test after
+/// the others have finished.
+fn run_trials<T, R>(items: Vec<T>, trial: impl Fn(&T) -> R + Sync) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+{
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<R>>> =
+        std::sync::Mutex::new(items.iter().map(|_| None).collect());
+    let panicked = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..PARALLEL)
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(item) = items.get(i) else { break };
+                        let r = trial(item);
+                        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().is_err()).filter(|&p| p).count()
+    });
+    assert_eq!(panicked, 0, "{panicked} trial worker(s) failed (see above)");
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every trial ran"))
+        .collect()
+}
+
 /// The fault points of one uncut `berthctl upgrade` from the snapshot.
 fn fault_points(fx: &Fixture) -> Vec<(u32, String)> {
     let mut vm = fx.resume();
@@ -237,35 +280,41 @@ fn power_cuts_right_after_each_esp_write_and_rename_leave_a_host_that_upgrades()
         chosen.is_some() || esp.iter().any(|(_, w)| w.contains("loader/entries")),
         "no boot entry written: {points:?}"
     );
-    let mut tally = Vec::new();
-    for (n, what) in esp {
+    // The ESP steps, and last the blessing of v2 after the reboot (cut
+    // right after berth-init says it renamed the entry).
+    let mut cuts: Vec<Option<&(u32, String)>> = esp.into_iter().map(Some).collect();
+    cuts.push(None);
+    let tally = run_trials(cuts, |cut| {
         let started = Instant::now();
         let mut vm = fx.resume();
-        vm.send_line(&format!("BERTH_FAULT_STOP={n} berthctl upgrade"))
-            .unwrap();
-        vm.wait_for(&format!("fault point {n} reached"), UPGRADE)
-            .unwrap();
+        let what = match cut {
+            Some((n, what)) => {
+                vm.send_line(&format!("BERTH_FAULT_STOP={n} berthctl upgrade"))
+                    .unwrap();
+                vm.wait_for(&format!("fault point {n} reached"), UPGRADE)
+                    .unwrap();
+                format!("cut at point {n} ({what})")
+            }
+            None => {
+                vm.send_line("berthctl upgrade --reboot").unwrap();
+                vm.wait_for(READY_V2, UPGRADE + READY_TIMEOUT).unwrap();
+                vm.wait_for("boot is good: blessed", Duration::from_secs(30))
+                    .unwrap();
+                "cut right after the blessing".to_string()
+            }
+        };
         vm.power_cut().unwrap();
-        let outcome = after_the_cut(vm, &fx, &format!("cut at point {n} ({what})"));
+        let outcome = after_the_cut(vm, &fx, &what);
+        if cut.is_none() {
+            assert_eq!(outcome, Outcome::V2, "{what}: the blessed v2 was lost");
+        }
         println!(
-            "cut at point {n} ({what}): {outcome:?} in {:.0}s",
+            "{what}: {outcome:?} in {:.0}s",
             started.elapsed().as_secs_f64()
         );
-        tally.push(outcome);
-    }
-
-    // The blessing: cut right after berth-init renamed v2's entry.
-    let mut vm = fx.resume();
-    vm.send_line("berthctl upgrade --reboot").unwrap();
-    vm.wait_for(READY_V2, UPGRADE + READY_TIMEOUT).unwrap();
-    vm.wait_for("boot is good: blessed", Duration::from_secs(30))
-        .unwrap();
-    vm.power_cut().unwrap();
-    let outcome = after_the_cut(vm, &fx, "cut right after the blessing");
-    assert_eq!(outcome, Outcome::V2, "the blessed v2 was lost");
-    println!("cut right after the blessing: {outcome:?}");
+        outcome
+    });
     println!("tally: {tally:?}");
-    drop(fx.server);
 }
 
 #[test]
@@ -287,23 +336,33 @@ fn power_cuts_at_random_moments_of_an_upgrade_leave_a_host_that_upgrades() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let fx = Fixture::new();
 
-    // How long a whole upgrade takes here: from the command to the
-    // blessing of v2.
-    let mut vm = fx.resume();
-    let started = Instant::now();
-    vm.send_line("berthctl upgrade --reboot").unwrap();
-    vm.wait_for("boot is good: blessed", UPGRADE + READY_TIMEOUT)
-        .unwrap();
-    let whole = started.elapsed();
-    drop(vm);
+    // How long a whole upgrade takes here, from the command to the
+    // blessing of v2, with as many trials side by side as below.
+    let whole = run_trials((0..PARALLEL).collect(), |_| {
+        let mut vm = fx.resume();
+        let started = Instant::now();
+        vm.send_line("berthctl upgrade --reboot").unwrap();
+        vm.wait_for("boot is good: blessed", UPGRADE + READY_TIMEOUT)
+            .unwrap();
+        started.elapsed()
+    })
+    .into_iter()
+    .max()
+    .unwrap_or_default();
     println!(
         "an uncut upgrade took {:.1}s to the blessing",
         whole.as_secs_f64()
     );
 
-    let mut tally: Vec<(f64, Outcome)> = Vec::new();
-    for i in 0..n {
-        let at = Duration::from_millis(rng.u64(300..=(whole.as_millis() as u64 + 1000)));
+    // The moments are drawn up front, so a seed replays the same cuts
+    // whatever order the parallel trials finish in.
+    let moments: Vec<(usize, Duration)> = (0..n)
+        .map(|i| {
+            let ms = rng.u64(300..=(whole.as_millis() as u64 + 1000));
+            (i, Duration::from_millis(ms))
+        })
+        .collect();
+    let tally: Vec<(f64, Outcome)> = run_trials(moments, |&(i, at)| {
         let trial = Instant::now();
         let mut vm = fx.resume();
         let started = Instant::now();
@@ -322,8 +381,8 @@ fn power_cuts_at_random_moments_of_an_upgrade_leave_a_host_that_upgrades() {
             "{what}: {outcome:?} in {:.0}s",
             trial.elapsed().as_secs_f64()
         );
-        tally.push((at.as_secs_f64(), outcome));
-    }
+        (at.as_secs_f64(), outcome)
+    });
     let on = |o| tally.iter().filter(|(_, t)| *t == o).count();
     println!(
         "tally of {n} random cuts (seed {seed}): {} came up on v1 and upgraded when repeated, {} came up on v2; every host booted and reached v2",
