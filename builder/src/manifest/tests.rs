@@ -92,6 +92,18 @@ fn wrong_type_names_key_and_line() {
 }
 
 #[test]
+fn wrong_type_of_a_spanned_value_names_the_key() {
+    let e = err(
+        "name = \"x\"\nversion = \"1\"\n[[container]]\nname = \"web\"\nimage = \"oci:l:1\"\ncpus = \"half\"\n",
+    );
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("container[0].cpus", Some((6, 8))),
+        "{e}"
+    );
+}
+
+#[test]
 fn missing_required_key() {
     let e = err("name = \"x\"\n");
     assert!(e.message.contains("missing field `version`"), "{e}");
