@@ -150,6 +150,7 @@ fn prepare(
         network,
         memory: c.memory.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
         cpus: c.cpus,
+        pids_limit: c.pids_limit,
         volumes: c.volumes.clone(),
         volume_dir: spec::volume_dir(&c.name),
     };
