@@ -172,6 +172,40 @@ fn prepare(
     })
 }
 
+/// Mode of a bundle (`usr/lib/berth/containers/<name>`) and of the folder
+/// holding them: only root may enter, so no user of the host reaches an
+/// image's files (a set-user-ID program among them) through it.
+pub const BUNDLE_MODE: u32 = 0o700;
+/// Mode of `config.json`: it carries the manifest's environment, and the
+/// OSTree repository on the host keeps every file's own mode.
+pub const CONFIG_MODE: u32 = 0o600;
+
+/// Writes the bundle of `c` into the OS tree overlay `overlay`: its
+/// `config.json` and the mount points its image lacks, with the folders
+/// at [`BUNDLE_MODE`] (the commit takes their modes from here).
+pub fn write_bundle(overlay: &Path, c: &PreparedContainer) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let private = |dir: &Path| -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(BUNDLE_MODE))
+            .with_context(|| format!("setting the mode of {}", dir.display()))
+    };
+    let bundles = overlay.join(BUNDLES_DIR);
+    private(&bundles)?;
+    let bundle = bundles.join(&c.name);
+    private(&bundle)?;
+    let config = bundle.join("config.json");
+    std::fs::write(&config, &c.config_json)
+        .with_context(|| format!("writing {}", config.display()))?;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(CONFIG_MODE))
+        .with_context(|| format!("setting the mode of {}", config.display()))?;
+    for p in &c.mount_points {
+        let dir = bundle.join("rootfs").join(p);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Builds running at the same time take turns to fetch and unpack: skopeo
 /// rewrites the cache layout's `index.json` whole (two copies at once
 /// could each drop the other's tag), and an unpacked root without its
@@ -283,5 +317,34 @@ mod tests {
             absolute_ref("docker://x/y", Path::new("/m")),
             "docker://x/y"
         );
+    }
+
+    fn prepared(name: &str, mount_points: &[&str]) -> PreparedContainer {
+        PreparedContainer {
+            name: name.into(),
+            rootfs: PathBuf::from("/nonexistent"),
+            digest: "sha256:00".into(),
+            config_json: "{}\n".into(),
+            mount_points: mount_points.iter().map(|m| m.to_string()).collect(),
+            service: Service::default(),
+        }
+    }
+
+    #[test]
+    fn bundles_are_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        write_bundle(t.path(), &prepared("web", &["data"])).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(t.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode(BUNDLES_DIR), 0o700);
+        assert_eq!(mode(&format!("{BUNDLES_DIR}/web")), 0o700);
+        assert_eq!(mode(&format!("{BUNDLES_DIR}/web/config.json")), 0o600);
+        assert!(t.path().join(BUNDLES_DIR).join("web/rootfs/data").is_dir());
     }
 }

@@ -144,9 +144,10 @@ pub struct ContainerSpec {
 }
 
 /// Where a container's volumes live on the host: under /var, so they
-/// survive upgrades and rollbacks.
+/// survive upgrades and rollbacks, and below the volume root that
+/// berth-init keeps at mode 0700.
 pub fn volume_dir(container: &str) -> String {
-    format!("/var/lib/berth/volumes/{container}")
+    format!("{}/{container}", berth_hostapi::config::VOLUMES_ROOT)
 }
 
 /// The environment: the image's, then the manifest's on top, with a PATH.
