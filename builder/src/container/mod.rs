@@ -4,8 +4,10 @@
 //! an upgrade brings new containers with the new OS, a rollback the old.
 
 pub mod image;
+pub mod inroot;
 pub mod spec;
 pub mod unpack;
+pub mod user;
 
 use std::path::{Path, PathBuf};
 
@@ -135,7 +137,7 @@ fn prepare(
         .clone()
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    let user = spec::resolve_user(&rootfs, cfg.user().as_deref().unwrap_or(""))
+    let user = user::resolve_user(&rootfs, cfg.user().as_deref().unwrap_or(""))
         .map_err(anyhow::Error::msg)?;
     let network = match c.network {
         ContainerNetwork::Host => spec::NetworkMode::Host,
@@ -156,12 +158,7 @@ fn prepare(
     };
     let config = spec::build(&cs, seccomp).context("making the runtime configuration")?;
     let config_json = spec::to_json(&config).context("writing config.json")?;
-    let mount_points = c
-        .volumes
-        .iter()
-        .map(|v| v.target.trim_start_matches('/').to_string())
-        .filter(|t| !rootfs.join(t).exists())
-        .collect();
+    let mount_points = missing_mount_points(&rootfs, &c.volumes)?;
     Ok(PreparedContainer {
         name: c.name.clone(),
         rootfs,
@@ -170,6 +167,23 @@ fn prepare(
         mount_points,
         service: service(c),
     })
+}
+
+/// The volume targets the image lacks, as paths relative to its root
+/// after its own symlinks (resolved inside the root, as the runtime will):
+/// the overlay adds them, since the root is read-only on the host.
+/// Nothing outside the image is looked at.
+fn missing_mount_points(rootfs: &Path, volumes: &[spec::Volume]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for v in volumes {
+        let target = Path::new(v.target.trim_start_matches('/'));
+        let resolved = unpack::resolve_in_root(rootfs, target, true)?;
+        if std::fs::symlink_metadata(&resolved).is_err() {
+            let rel = resolved.strip_prefix(rootfs).unwrap_or(target);
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// Mode of a bundle (`usr/lib/berth/containers/<name>`) and of the folder
@@ -346,5 +360,37 @@ mod tests {
         assert_eq!(mode(&format!("{BUNDLES_DIR}/web")), 0o700);
         assert_eq!(mode(&format!("{BUNDLES_DIR}/web/config.json")), 0o600);
         assert!(t.path().join(BUNDLES_DIR).join("web/rootfs/data").is_dir());
+    }
+
+    #[test]
+    fn mount_points_follow_the_image_symlinks_inside_its_root() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("srv/www")).unwrap();
+        std::os::unix::fs::symlink("/srv", r.join("data")).unwrap();
+        // Points at a directory that exists on the build machine, not in
+        // the image: the image lacks it.
+        std::os::unix::fs::symlink(outside.path(), r.join("host")).unwrap();
+        let vol = |target: &str| spec::Volume {
+            name: "v".into(),
+            target: target.into(),
+        };
+        let missing = missing_mount_points(
+            r,
+            &[
+                vol("/data/www"),
+                vol("/data/new"),
+                vol("/host"),
+                vol("/plain"),
+            ],
+        )
+        .unwrap();
+        let host_rel = outside
+            .path()
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string();
+        assert_eq!(missing, ["srv/new".to_string(), host_rel, "plain".into()]);
     }
 }

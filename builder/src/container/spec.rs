@@ -7,7 +7,6 @@
 //! volumes.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
@@ -449,58 +448,6 @@ pub fn to_json(spec: &Spec) -> Result<String, serde_json::Error> {
     Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
 
-/// Resolves an image `User` ("uid", "uid:gid", "name", "name:group") to
-/// numbers through the image's own /etc/passwd and /etc/group.
-pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
-    if user.is_empty() {
-        return Ok((0, 0));
-    }
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
-    let lookup = |db: &str, name: &str| -> Option<(u32, Option<u32>)> {
-        db.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.first() != Some(&name) {
-                return None;
-            }
-            let id = f.get(2)?.parse().ok()?;
-            Some((id, f.get(3).and_then(|g| g.parse().ok())))
-        })
-    };
-    let (uid, primary) = match u.parse::<u32>() {
-        Ok(n) => (n, lookup_by_uid(&passwd, n)),
-        Err(_) => {
-            let (uid, gid) =
-                lookup(&passwd, u).ok_or_else(|| format!("the image has no user \"{u}\""))?;
-            (uid, gid)
-        }
-    };
-    let gid = match g {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup(&group, g)
-                .map(|(gid, _)| gid)
-                .ok_or_else(|| format!("the image has no group \"{g}\""))?,
-        },
-        None => primary.unwrap_or(0),
-    };
-    Ok((uid, gid))
-}
-
-fn lookup_by_uid(passwd: &str, uid: u32) -> Option<u32> {
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.get(2).and_then(|u| u.parse::<u32>().ok()) != Some(uid) {
-            return None;
-        }
-        f.get(3)?.parse().ok()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -757,32 +704,6 @@ mod tests {
         assert!(
             action_of("arm_fadvise64_64").is_empty(),
             "other architectures' rules are dropped"
-        );
-    }
-
-    #[test]
-    fn users_resolve_through_the_image() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("etc")).unwrap();
-        std::fs::write(
-            t.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\n",
-        )
-        .unwrap();
-        std::fs::write(
-            t.path().join("etc/group"),
-            "root:x:0:\nweb:x:34:\nstaff:x:50:\n",
-        )
-        .unwrap();
-        assert_eq!(resolve_user(t.path(), ""), Ok((0, 0)));
-        assert_eq!(resolve_user(t.path(), "www"), Ok((33, 34)));
-        assert_eq!(resolve_user(t.path(), "www:staff"), Ok((33, 50)));
-        assert_eq!(resolve_user(t.path(), "33"), Ok((33, 34)));
-        assert_eq!(resolve_user(t.path(), "1000:1000"), Ok((1000, 1000)));
-        assert!(
-            resolve_user(t.path(), "ghost")
-                .unwrap_err()
-                .contains("no user")
         );
     }
 }
