@@ -5,7 +5,9 @@
 
 pub mod image;
 pub mod inroot;
+pub mod layers;
 pub mod spec;
+pub mod tarmeta;
 pub mod unpack;
 pub mod user;
 
@@ -274,38 +276,59 @@ pub fn service(c: &Container) -> Service {
     }
 }
 
+/// Which unpacker made a cached root: a root unpacked by an older one
+/// (which kept set-id bits and did not check `diff_id`s) is unpacked
+/// again, not reused.
+const UNPACK_FORMAT: &str = "berth-unpack 2";
+
 /// The image's layers unpacked in order, cached by manifest digest. The
 /// mount points the runtime needs on a read-only root are created here.
+/// The cache's `containers` folder is 0700: an image's files belong to
+/// their owners in it, so only root may enter. A root that fails to
+/// unpack is removed at once (a refused decompression bomb must not
+/// stay on the disk).
 fn unpacked_rootfs(
     cache: &Cache,
     img: &image::LocalImage,
     digest_hex: &str,
 ) -> anyhow::Result<PathBuf> {
-    let dir = cache.root().join("containers").join(digest_hex);
+    use std::os::unix::fs::PermissionsExt;
+    let top = cache.root().join("containers");
+    std::fs::create_dir_all(&top).with_context(|| format!("creating {}", top.display()))?;
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(BUNDLE_MODE))
+        .with_context(|| format!("setting the mode of {}", top.display()))?;
+    let dir = top.join(digest_hex);
     let rootfs = dir.join("rootfs");
     let done = dir.join("complete");
-    if done.exists() {
+    let mark = format!("{UNPACK_FORMAT}\n{}\n", img.manifest_digest);
+    if std::fs::read_to_string(&done).is_ok_and(|m| m == mark) {
         return Ok(rootfs);
     }
+    // Also drops the tree checksums remembered for an older root.
     let _ = crate::rootfs::fsutil::remove_any(&dir);
-    std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-    for (i, layer) in img.manifest.layers().iter().enumerate() {
-        let reader = image::layer_reader(&img.layout, layer)?;
-        unpack::unpack_layer(&rootfs, reader)
-            .with_context(|| format!("unpacking layer {} ({})", i + 1, layer.digest()))?;
+    let made = unpack_into(img, &rootfs);
+    if made.is_err() {
+        let _ = crate::rootfs::fsutil::remove_any(&dir);
     }
+    made?;
+    std::fs::write(&done, mark).with_context(|| format!("writing {}", done.display()))?;
+    Ok(rootfs)
+}
+
+fn unpack_into(img: &image::LocalImage, rootfs: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+    layers::unpack_all(img, rootfs, layers::Limits::DEFAULT)?;
     for d in ["proc", "sys", "dev", "tmp", "run", "etc"] {
-        let p = unpack::resolve_in_root(&rootfs, Path::new(d), true)?;
+        let p = unpack::resolve_in_root(rootfs, Path::new(d), true)?;
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
     }
     for f in ["etc/resolv.conf", "etc/hosts"] {
-        let p = unpack::resolve_in_root(&rootfs, Path::new(f), true)?;
+        let p = unpack::resolve_in_root(rootfs, Path::new(f), true)?;
         if std::fs::symlink_metadata(&p).is_err() {
             std::fs::write(&p, b"").with_context(|| format!("creating {}", p.display()))?;
         }
     }
-    std::fs::write(&done, img.manifest_digest.as_bytes())?;
-    Ok(rootfs)
+    Ok(())
 }
 
 #[cfg(test)]
