@@ -117,12 +117,7 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     std::fs::create_dir_all(&overlay_dir)?;
     overlay::write(&overlay_dir, &m, &host, &bins, &base.info.packages)?;
     for c in &containers {
-        let bundle = overlay_dir.join(container::BUNDLES_DIR).join(&c.name);
-        std::fs::create_dir_all(&bundle)?;
-        std::fs::write(bundle.join("config.json"), &c.config_json)?;
-        for p in &c.mount_points {
-            std::fs::create_dir_all(bundle.join("rootfs").join(p))?;
-        }
+        container::write_bundle(&overlay_dir, c)?;
     }
 
     progress.stage("initramfs", "packing berth-init and the root's modules");

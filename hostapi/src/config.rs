@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 /// Where the host configuration lives inside every deployment.
 pub const HOST_CONFIG_PATH: &str = "/usr/lib/berth/host.json";
 
+/// The root of the containers' volumes (`<root>/<container>/<volume>`).
+/// berth-init keeps it owned by root with mode 0700: container root can
+/// write a set-user-ID program or a device node into its volume, and no
+/// other user of the host may reach it.
+pub const VOLUMES_ROOT: &str = "/var/lib/berth/volumes";
+
 /// Everything stage 2 needs to bring a host up.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -142,7 +148,8 @@ pub struct Service {
     /// Commands run after the process exited or was stopped.
     pub post_stop: Vec<Vec<String>>,
     /// Directories created (owner root, mode 0755, parents too) before
-    /// every start: containers' volume folders under /var.
+    /// every start: containers' volume folders under [`VOLUMES_ROOT`],
+    /// which is made (or set back to) mode 0700 first.
     pub dirs: Vec<String>,
     /// Whether the host counts as ready (and the boot as good) only when
     /// this service is ready.

@@ -71,11 +71,20 @@ pub fn web_spec() -> Result<ImageSpec> {
     })
 }
 
+/// A set-user-ID file of the tools image, which `berth build` must
+/// unpack without its set-id bit (mode 0755).
+pub const SUID_PROBE: &str = "bin/suid-probe";
+
 /// The tools image: busybox as root; its Entrypoint + Cmd keep a shell
-/// waiting (it exits 0 on SIGTERM).
+/// waiting (it exits 0 on SIGTERM). It carries [`SUID_PROBE`], mode 04755.
 pub fn tools_spec() -> Result<ImageSpec> {
     let mut base = oci::busybox_layer()?;
     base.extend(oci::users_layer());
+    base.push(Entry::File(
+        SUID_PROBE.into(),
+        b"#!/bin/sh\nid -u\n".to_vec(),
+        0o4755,
+    ));
     Ok(ImageSpec {
         layers: vec![base],
         entrypoint: vec!["/bin/sh".into(), "-c".into()],

@@ -2,9 +2,10 @@
 //! archive and a docker archive, built into the OS commit and run by crun
 //! under berth-init. A stateless web container is reachable from the host
 //! through QEMU port forwarding and runs as its image says, with its
-//! limits and hardening; a killed container comes back while the host's
-//! own services keep running; a stateful container keeps its volume across
-//! reboots and an upgrade; a build with a bad image fails with a message
+//! limits and hardening (the device cgroup, 0700 roots, nosuid,nodev
+//! volumes, masked paths, the pids limit); a killed container comes back
+//! while the host's own services keep running; a stateful container keeps
+//! its volume across reboots and an upgrade; a build with a bad image fails with a message
 //! naming the container and the image, and writes nothing.
 //!
 //! The fixture (`berth_qemu_tests::containers`) writes the test images
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_qemu_tests::containers::{self, GREETING, INDEX_HTML, Setup};
+use berth_qemu_tests::containers::{self, GREETING, INDEX_HTML, SUID_PROBE, Setup};
 use berth_qemu_tests::oci::{self, Entry, ImageSpec};
 use berth_qemu_tests::{
     POWER_OFF_TIMEOUT, READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, http,
@@ -198,6 +199,8 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
     let links = sh(&mut vm, "crun exec counter cat /proc/net/dev");
     assert!(links.contains("lo:") && !links.contains("eth0"), "{links}");
 
+    confinement_holds(&mut vm);
+
     // berthctl knows them as containers, with state, PID and logs.
     let list = services(&mut vm);
     for name in ["web", "counter", "idle"] {
@@ -276,6 +279,166 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
     assert_eq!(now["pid"], heartbeat["pid"], "{now}");
     assert_eq!(now["restarts"], 0, "{now}");
     assert_eq!(service(&list, "counter")["restarts"], 0);
+}
+
+/// What keeps container root in and host users out, on the booted host:
+/// the device cgroup, the 0700 roots, volumes mounted nosuid,nodev, set-id
+/// bits dropped from images, masked paths and the pids limit.
+fn confinement_holds(vm: &mut Vm) {
+    // Container root makes a node for the host's disk (major:minor from
+    // sysfs) in /dev, in /tmp and in its volume, and reads it: nothing.
+    // The host itself reads the disk, so the refusal is the container's.
+    assert_eq!(sh(vm, "head -c 512 /dev/vda | wc -c").trim(), "512");
+    let probe = r#"crun exec counter sh -c 'set -- $(tr : " " < /sys/block/vda/dev); for d in /dev /tmp /data; do if mknod $d/disk b $1 $2 2>/dev/null; then if head -c 512 $d/disk >/tmp/out 2>/tmp/err; then echo "$d: read $(wc -c </tmp/out) bytes"; else echo "$d: refused: $(cat /tmp/err)"; fi; rm -f $d/disk; else echo "$d: mknod refused"; fi; done'"#;
+    let out = sh(vm, probe);
+    for dir in ["/dev", "/tmp", "/data"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{dir}: ")))
+            .unwrap_or_else(|| panic!("no {dir} line in:\n{out}"));
+        assert!(
+            line.contains("refused"),
+            "container root read the host's disk through {dir}:\n{out}"
+        );
+    }
+    // The standard devices still work.
+    assert_eq!(
+        sh(
+            vm,
+            "crun exec counter sh -c 'head -c 4 /dev/zero | wc -c; head -c 4 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok'"
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["4", "4", "null-ok"]
+    );
+    // Volumes are mounted nosuid,nodev in the container.
+    let mount = sh(vm, "crun exec counter grep ' /data ' /proc/self/mounts");
+    for option in ["nosuid", "nodev"] {
+        assert!(mount.contains(option), "/data without {option}: {mount}");
+    }
+
+    // The bundles and the volume root are root's alone.
+    let modes = sh(
+        vm,
+        "stat -c '%a %U %n' /usr/lib/berth/containers /usr/lib/berth/containers/web /usr/lib/berth/containers/web/config.json /var/lib/berth/volumes",
+    );
+    let modes: Vec<&str> = modes.lines().map(str::trim).collect();
+    assert_eq!(
+        modes,
+        [
+            "700 root /usr/lib/berth/containers",
+            "700 root /usr/lib/berth/containers/web",
+            "600 root /usr/lib/berth/containers/web/config.json",
+            "700 root /var/lib/berth/volumes",
+        ]
+    );
+    // Container root leaves a set-user-ID root shell in its volume; a
+    // host user (nobody) can neither run it nor read the bundles.
+    sh(
+        vm,
+        "crun exec counter sh -c 'cp /bin/busybox /data/sh && chmod 4755 /data/sh'",
+    );
+    assert_eq!(
+        sh(vm, "stat -c '%a %U' /var/lib/berth/volumes/counter/data/sh").trim(),
+        "4755 root",
+        "the set-user-ID program is really there"
+    );
+    let user = sh(
+        vm,
+        "busybox su -s /bin/sh nobody -c 'id -u; for p in /var/lib/berth/volumes/counter/data/sh /usr/lib/berth/containers/web/config.json /usr/lib/berth/containers/web/rootfs/bin/busybox; do if cat $p >/dev/null 2>&1; then echo reached $p; else echo refused $p; fi; done; if /var/lib/berth/volumes/counter/data/sh -c true 2>/dev/null; then echo ran the shell; else echo exec refused; fi'",
+    );
+    let user: Vec<&str> = user.lines().map(str::trim).collect();
+    assert_eq!(
+        user,
+        [
+            "65534",
+            "refused /var/lib/berth/volumes/counter/data/sh",
+            "refused /usr/lib/berth/containers/web/config.json",
+            "refused /usr/lib/berth/containers/web/rootfs/bin/busybox",
+            "exec refused",
+        ]
+    );
+    sh(vm, "rm /var/lib/berth/volumes/counter/data/sh");
+    // An image's set-user-ID file arrives without the bit. Deployed files
+    // are hard links to the objects of the host's OSTree repository, which
+    // any host user can read: one inode, so the object has no bit either.
+    let probe = sh(
+        vm,
+        &format!("stat -c '%a %h' /usr/lib/berth/containers/idle/rootfs/{SUID_PROBE}"),
+    );
+    let (mode, links) = probe.trim().split_once(' ').unwrap();
+    assert_eq!(mode, "755", "{SUID_PROBE} kept its set-id bit");
+    assert!(
+        links.parse::<u32>().is_ok_and(|n| n >= 2),
+        "{SUID_PROBE} is not the repository's object: {probe}"
+    );
+    assert_eq!(
+        sh(vm, "find /usr/lib/berth/containers -type f -perm /6000").trim(),
+        "",
+        "set-id files in the bundles (and so in /sysroot/ostree/repo)"
+    );
+
+    // Masked paths: /sys/firmware (which the host has) reads empty. QEMU
+    // has no RAPL, so /sys/devices/virtual/powercap exists only on real
+    // hardware: there it is masked the same way, by the same list.
+    assert_ne!(sh(vm, "ls -A /sys/firmware").trim(), "");
+    assert_eq!(sh(vm, "crun exec idle ls -A /sys/firmware").trim(), "");
+    let (code, _) = vm
+        .run_shell("test -e /sys/devices/virtual/powercap", SHELL)
+        .unwrap();
+    if code == 0 {
+        assert_eq!(
+            sh(vm, "crun exec idle ls -A /sys/devices/virtual/powercap").trim(),
+            ""
+        );
+    }
+    assert!(
+        sh(vm, "cat /usr/lib/berth/containers/idle/config.json")
+            .contains("\"/sys/devices/virtual/powercap\""),
+        "powercap is not in the masked paths"
+    );
+
+    // The pids limit: the default, the manifest's, and a fork loop that
+    // runs into it.
+    assert_eq!(
+        sh(vm, "cat /sys/fs/cgroup/berth/web/pids.max").trim(),
+        "2048"
+    );
+    assert_eq!(
+        sh(vm, "cat /sys/fs/cgroup/berth/idle/pids.max").trim(),
+        "32"
+    );
+    let (_, forks) = vm
+        .run_shell(
+            "crun exec idle sh -c 'i=0; while [ $i -lt 64 ]; do sleep 61 & i=$((i+1)); done; echo all 64 started'",
+            SHELL,
+        )
+        .unwrap();
+    assert!(
+        forks.contains("can't fork") && !forks.contains("all 64 started"),
+        "64 processes in a container limited to 32:\n{forks}"
+    );
+    let events = sh(vm, "cat /sys/fs/cgroup/berth/idle/pids.events");
+    assert!(
+        events
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0),
+        "pids.events: {events}"
+    );
+    // The loop's sleeps fill the container (not even `crun exec` can fork
+    // there): end them from the host, and the container is usable again.
+    sh(
+        vm,
+        r#"for p in $(cat /sys/fs/cgroup/berth/idle/cgroup.procs); do [ "$(tr '\0' ' ' < /proc/$p/cmdline)" = "sleep 61 " ] && kill $p; done; true"#,
+    );
+    // Sooner than the sleeps would end by themselves.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while vm.run_shell("crun exec idle true", SHELL).unwrap().0 != 0 {
+        assert!(Instant::now() < deadline, "idle stays full after pkill");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Powers off and checks the containers stopped in order: the stop

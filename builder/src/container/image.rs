@@ -2,9 +2,11 @@
 //! (a registry, an OCI layout, an OCI or docker archive) into one OCI
 //! layout in the cache, which keeps every blob by digest (so unchanged
 //! layers are not fetched twice); then the image's manifest and config are
-//! read back from that layout, each blob checked against its digest.
+//! read back from that layout, each blob checked against its descriptor's
+//! size and digest before it is used, and never read whole into memory
+//! beyond a small cap.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,6 +14,10 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 use sha2::{Digest as _, Sha256};
 
 use crate::command::{self, CommandError};
+
+/// The largest manifest or image configuration read (as containerd's
+/// limit on manifests).
+pub const MAX_METADATA_BLOB: u64 = 4 << 20;
 
 /// The transports `[[container]] image` accepts, as skopeo names them.
 pub const TRANSPORTS: [&str; 4] = ["docker://", "oci:", "oci-archive:", "docker-archive:"];
@@ -29,6 +35,26 @@ pub enum ImageError {
         digest: String,
         /// What the content hashes to.
         actual: String,
+    },
+    /// A blob's length is not the one its descriptor gives.
+    #[error("blob {digest} is {actual} bytes, its descriptor says {expected}")]
+    SizeMismatch {
+        /// The blob's digest.
+        digest: String,
+        /// The descriptor's size.
+        expected: u64,
+        /// The blob's length.
+        actual: u64,
+    },
+    /// A manifest or configuration larger than [`MAX_METADATA_BLOB`].
+    #[error("blob {digest} ({size} bytes) is larger than the {limit} bytes accepted for it")]
+    TooLarge {
+        /// The blob's digest.
+        digest: String,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        limit: u64,
     },
     /// The image is for another platform.
     #[error("the image is for {os}/{arch}, not linux/amd64")]
@@ -138,20 +164,62 @@ pub fn blob_path(layout: &Path, desc: &Descriptor) -> PathBuf {
         .join(d.digest())
 }
 
-/// Reads a blob whole, checking its digest.
-pub fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+/// Opens a blob after checking that its length is the descriptor's.
+fn open_blob(layout: &Path, desc: &Descriptor) -> Result<std::fs::File, ImageError> {
     let path = blob_path(layout, desc);
-    let data = std::fs::read(&path).map_err(|source| ImageError::Io {
+    let io = |source| ImageError::Io {
         what: format!("reading {}", path.display()),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(&path).map_err(io)?;
+    let actual = file.metadata().map_err(io)?.len();
+    if actual != desc.size() {
+        return Err(ImageError::SizeMismatch {
+            digest: desc.digest().to_string(),
+            expected: desc.size(),
+            actual,
+        });
+    }
+    Ok(file)
+}
+
+/// Reads a manifest or configuration blob whole (at most
+/// [`MAX_METADATA_BLOB`]), checking its size and digest.
+pub fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+    if desc.size() > MAX_METADATA_BLOB {
+        return Err(ImageError::TooLarge {
+            digest: desc.digest().to_string(),
+            size: desc.size(),
+            limit: MAX_METADATA_BLOB,
+        });
+    }
+    let file = open_blob(layout, desc)?;
+    let mut data = Vec::new();
+    // The length was checked; the take guards against a file growing.
+    file.take(MAX_METADATA_BLOB)
+        .read_to_end(&mut data)
+        .map_err(|source| ImageError::Io {
+            what: format!("reading blob {}", desc.digest()),
+            source,
+        })?;
     verify(desc, &data)?;
     Ok(data)
 }
 
-/// Checks `data` against the descriptor's sha256 digest.
+/// Checks `data` against the descriptor's size and sha256 digest.
 pub fn verify(desc: &Descriptor, data: &[u8]) -> Result<(), ImageError> {
+    if data.len() as u64 != desc.size() {
+        return Err(ImageError::SizeMismatch {
+            digest: desc.digest().to_string(),
+            expected: desc.size(),
+            actual: data.len() as u64,
+        });
+    }
     let actual = hex(&Sha256::digest(data));
+    check_digest(desc, actual)
+}
+
+fn check_digest(desc: &Descriptor, actual: String) -> Result<(), ImageError> {
     if desc.digest().digest() != actual {
         return Err(ImageError::DigestMismatch {
             digest: desc.digest().to_string(),
@@ -161,28 +229,51 @@ pub fn verify(desc: &Descriptor, data: &[u8]) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// A layer's uncompressed tar stream (after its digest was checked).
+/// Checks a (layer) blob against its descriptor's size and digest,
+/// streaming it: a layer is never read into memory whole.
+pub fn verify_file(layout: &Path, desc: &Descriptor) -> Result<(), ImageError> {
+    let mut file = open_blob(layout, desc)?;
+    let mut hasher = Sha256::new();
+    let copied = std::io::copy(&mut file, &mut hasher).map_err(|source| ImageError::Io {
+        what: format!("reading blob {}", desc.digest()),
+        source,
+    })?;
+    if copied != desc.size() {
+        return Err(ImageError::SizeMismatch {
+            digest: desc.digest().to_string(),
+            expected: desc.size(),
+            actual: copied,
+        });
+    }
+    check_digest(desc, hex(&hasher.finalize()))
+}
+
+/// A layer's uncompressed tar stream, read from its blob as it goes.
+/// Call [`verify_file`] first: this does not check the digest.
 pub fn layer_reader(layout: &Path, desc: &Descriptor) -> Result<Box<dyn Read>, ImageError> {
-    let data = read_blob(layout, desc)?;
-    let cursor = std::io::Cursor::new(data);
+    let mut file = BufReader::new(open_blob(layout, desc)?);
     Ok(match desc.media_type() {
         MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
-            Box::new(flate2::read::GzDecoder::new(cursor))
+            Box::new(flate2::bufread::MultiGzDecoder::new(file))
         }
         MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Box::new(
-            zstd::stream::read::Decoder::new(cursor).map_err(|source| ImageError::Io {
+            zstd::stream::read::Decoder::with_buffer(file).map_err(|source| ImageError::Io {
                 what: "starting zstd decompression".into(),
                 source,
             })?,
         ),
-        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Box::new(cursor),
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Box::new(file),
         // docker-archive layers may arrive as plain tar under other names;
         // sniff gzip by its magic bytes.
         _ => {
-            if cursor.get_ref().starts_with(&[0x1f, 0x8b]) {
-                Box::new(flate2::read::GzDecoder::new(cursor))
+            let head = file.fill_buf().map_err(|source| ImageError::Io {
+                what: format!("reading blob {}", desc.digest()),
+                source,
+            })?;
+            if head.starts_with(&[0x1f, 0x8b]) {
+                Box::new(flate2::bufread::MultiGzDecoder::new(file))
             } else {
-                Box::new(cursor)
+                Box::new(file)
             }
         }
     })
@@ -209,10 +300,50 @@ mod tests {
             .build()
             .unwrap();
         verify(&desc, data).unwrap();
-        let err = verify(&desc, b"tampered").unwrap_err();
+        let err = verify(&desc, b"Hello").unwrap_err();
         assert!(
             err.to_string().contains("does not match its digest"),
             "{err}"
         );
+        let err = verify(&desc, b"hello!").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is 6 bytes, its descriptor says 5"),
+            "{err}"
+        );
+    }
+
+    fn layout_with(data: &[u8], declared: u64) -> (tempfile::TempDir, Descriptor) {
+        let t = tempfile::tempdir().unwrap();
+        let hex = hex(&Sha256::digest(data));
+        std::fs::create_dir_all(t.path().join("blobs/sha256")).unwrap();
+        std::fs::write(t.path().join("blobs/sha256").join(&hex), data).unwrap();
+        let desc = DescriptorBuilder::default()
+            .media_type(MediaType::ImageLayer)
+            .digest(Digest::from_str(&format!("sha256:{hex}")).unwrap())
+            .size(declared)
+            .build()
+            .unwrap();
+        (t, desc)
+    }
+
+    #[test]
+    fn blob_sizes_are_checked_against_the_descriptor() {
+        let (t, desc) = layout_with(b"layer bytes", 11);
+        verify_file(t.path(), &desc).unwrap();
+        read_blob(t.path(), &desc).unwrap();
+        // The right digest, the wrong size: refused before it is read.
+        let (t, desc) = layout_with(b"layer bytes", 4);
+        for err in [
+            verify_file(t.path(), &desc).unwrap_err(),
+            read_blob(t.path(), &desc).unwrap_err(),
+        ] {
+            assert!(matches!(err, ImageError::SizeMismatch { .. }), "{err}");
+        }
+        assert!(layer_reader(t.path(), &desc).is_err());
+        // A manifest or configuration over the cap is not even opened.
+        let (t, desc) = layout_with(b"{}", MAX_METADATA_BLOB + 1);
+        let err = read_blob(t.path(), &desc).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
     }
 }

@@ -4,8 +4,12 @@
 //! an upgrade brings new containers with the new OS, a rollback the old.
 
 pub mod image;
+pub mod inroot;
+pub mod layers;
 pub mod spec;
+pub mod tarmeta;
 pub mod unpack;
+pub mod user;
 
 use std::path::{Path, PathBuf};
 
@@ -135,7 +139,7 @@ fn prepare(
         .clone()
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    let user = spec::resolve_user(&rootfs, cfg.user().as_deref().unwrap_or(""))
+    let user = user::resolve_user(&rootfs, cfg.user().as_deref().unwrap_or(""))
         .map_err(anyhow::Error::msg)?;
     let network = match c.network {
         ContainerNetwork::Host => spec::NetworkMode::Host,
@@ -150,17 +154,13 @@ fn prepare(
         network,
         memory: c.memory.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
         cpus: c.cpus,
+        pids_limit: c.pids_limit,
         volumes: c.volumes.clone(),
         volume_dir: spec::volume_dir(&c.name),
     };
     let config = spec::build(&cs, seccomp).context("making the runtime configuration")?;
     let config_json = spec::to_json(&config).context("writing config.json")?;
-    let mount_points = c
-        .volumes
-        .iter()
-        .map(|v| v.target.trim_start_matches('/').to_string())
-        .filter(|t| !rootfs.join(t).exists())
-        .collect();
+    let mount_points = missing_mount_points(&rootfs, &c.volumes)?;
     Ok(PreparedContainer {
         name: c.name.clone(),
         rootfs,
@@ -169,6 +169,57 @@ fn prepare(
         mount_points,
         service: service(c),
     })
+}
+
+/// The volume targets the image lacks, as paths relative to its root
+/// after its own symlinks (resolved inside the root, as the runtime will):
+/// the overlay adds them, since the root is read-only on the host.
+/// Nothing outside the image is looked at.
+fn missing_mount_points(rootfs: &Path, volumes: &[spec::Volume]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for v in volumes {
+        let target = Path::new(v.target.trim_start_matches('/'));
+        let resolved = unpack::resolve_in_root(rootfs, target, true)?;
+        if std::fs::symlink_metadata(&resolved).is_err() {
+            let rel = resolved.strip_prefix(rootfs).unwrap_or(target);
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Mode of a bundle (`usr/lib/berth/containers/<name>`) and of the folder
+/// holding them: only root may enter, so no user of the host reaches an
+/// image's files (a set-user-ID program among them) through it.
+pub const BUNDLE_MODE: u32 = 0o700;
+/// Mode of `config.json`: it carries the manifest's environment, and the
+/// OSTree repository on the host keeps every file's own mode.
+pub const CONFIG_MODE: u32 = 0o600;
+
+/// Writes the bundle of `c` into the OS tree overlay `overlay`: its
+/// `config.json` and the mount points its image lacks, with the folders
+/// at [`BUNDLE_MODE`] (the commit takes their modes from here).
+pub fn write_bundle(overlay: &Path, c: &PreparedContainer) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let private = |dir: &Path| -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(BUNDLE_MODE))
+            .with_context(|| format!("setting the mode of {}", dir.display()))
+    };
+    let bundles = overlay.join(BUNDLES_DIR);
+    private(&bundles)?;
+    let bundle = bundles.join(&c.name);
+    private(&bundle)?;
+    let config = bundle.join("config.json");
+    std::fs::write(&config, &c.config_json)
+        .with_context(|| format!("writing {}", config.display()))?;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(CONFIG_MODE))
+        .with_context(|| format!("setting the mode of {}", config.display()))?;
+    for p in &c.mount_points {
+        let dir = bundle.join("rootfs").join(p);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Builds running at the same time take turns to fetch and unpack: skopeo
@@ -225,38 +276,59 @@ pub fn service(c: &Container) -> Service {
     }
 }
 
+/// Which unpacker made a cached root: a root unpacked by an older one
+/// (which kept set-id bits and did not check `diff_id`s) is unpacked
+/// again, not reused.
+const UNPACK_FORMAT: &str = "berth-unpack 2";
+
 /// The image's layers unpacked in order, cached by manifest digest. The
 /// mount points the runtime needs on a read-only root are created here.
+/// The cache's `containers` folder is 0700: an image's files belong to
+/// their owners in it, so only root may enter. A root that fails to
+/// unpack is removed at once (a refused decompression bomb must not
+/// stay on the disk).
 fn unpacked_rootfs(
     cache: &Cache,
     img: &image::LocalImage,
     digest_hex: &str,
 ) -> anyhow::Result<PathBuf> {
-    let dir = cache.root().join("containers").join(digest_hex);
+    use std::os::unix::fs::PermissionsExt;
+    let top = cache.root().join("containers");
+    std::fs::create_dir_all(&top).with_context(|| format!("creating {}", top.display()))?;
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(BUNDLE_MODE))
+        .with_context(|| format!("setting the mode of {}", top.display()))?;
+    let dir = top.join(digest_hex);
     let rootfs = dir.join("rootfs");
     let done = dir.join("complete");
-    if done.exists() {
+    let mark = format!("{UNPACK_FORMAT}\n{}\n", img.manifest_digest);
+    if std::fs::read_to_string(&done).is_ok_and(|m| m == mark) {
         return Ok(rootfs);
     }
+    // Also drops the tree checksums remembered for an older root.
     let _ = crate::rootfs::fsutil::remove_any(&dir);
-    std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-    for (i, layer) in img.manifest.layers().iter().enumerate() {
-        let reader = image::layer_reader(&img.layout, layer)?;
-        unpack::unpack_layer(&rootfs, reader)
-            .with_context(|| format!("unpacking layer {} ({})", i + 1, layer.digest()))?;
+    let made = unpack_into(img, &rootfs);
+    if made.is_err() {
+        let _ = crate::rootfs::fsutil::remove_any(&dir);
     }
+    made?;
+    std::fs::write(&done, mark).with_context(|| format!("writing {}", done.display()))?;
+    Ok(rootfs)
+}
+
+fn unpack_into(img: &image::LocalImage, rootfs: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+    layers::unpack_all(img, rootfs, layers::Limits::DEFAULT)?;
     for d in ["proc", "sys", "dev", "tmp", "run", "etc"] {
-        let p = unpack::resolve_in_root(&rootfs, Path::new(d), true)?;
+        let p = unpack::resolve_in_root(rootfs, Path::new(d), true)?;
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
     }
     for f in ["etc/resolv.conf", "etc/hosts"] {
-        let p = unpack::resolve_in_root(&rootfs, Path::new(f), true)?;
+        let p = unpack::resolve_in_root(rootfs, Path::new(f), true)?;
         if std::fs::symlink_metadata(&p).is_err() {
             std::fs::write(&p, b"").with_context(|| format!("creating {}", p.display()))?;
         }
     }
-    std::fs::write(&done, img.manifest_digest.as_bytes())?;
-    Ok(rootfs)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -282,5 +354,66 @@ mod tests {
             absolute_ref("docker://x/y", Path::new("/m")),
             "docker://x/y"
         );
+    }
+
+    fn prepared(name: &str, mount_points: &[&str]) -> PreparedContainer {
+        PreparedContainer {
+            name: name.into(),
+            rootfs: PathBuf::from("/nonexistent"),
+            digest: "sha256:00".into(),
+            config_json: "{}\n".into(),
+            mount_points: mount_points.iter().map(|m| m.to_string()).collect(),
+            service: Service::default(),
+        }
+    }
+
+    #[test]
+    fn bundles_are_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        write_bundle(t.path(), &prepared("web", &["data"])).unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(t.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode(BUNDLES_DIR), 0o700);
+        assert_eq!(mode(&format!("{BUNDLES_DIR}/web")), 0o700);
+        assert_eq!(mode(&format!("{BUNDLES_DIR}/web/config.json")), 0o600);
+        assert!(t.path().join(BUNDLES_DIR).join("web/rootfs/data").is_dir());
+    }
+
+    #[test]
+    fn mount_points_follow_the_image_symlinks_inside_its_root() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("srv/www")).unwrap();
+        std::os::unix::fs::symlink("/srv", r.join("data")).unwrap();
+        // Points at a directory that exists on the build machine, not in
+        // the image: the image lacks it.
+        std::os::unix::fs::symlink(outside.path(), r.join("host")).unwrap();
+        let vol = |target: &str| spec::Volume {
+            name: "v".into(),
+            target: target.into(),
+        };
+        let missing = missing_mount_points(
+            r,
+            &[
+                vol("/data/www"),
+                vol("/data/new"),
+                vol("/host"),
+                vol("/plain"),
+            ],
+        )
+        .unwrap();
+        let host_rel = outside
+            .path()
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string();
+        assert_eq!(missing, ["srv/new".to_string(), host_rel, "plain".into()]);
     }
 }

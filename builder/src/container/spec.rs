@@ -2,16 +2,17 @@
 //! made with the oci-spec crate: the image's process settings (or the
 //! manifest's), a read-only root with tmpfs /tmp and /run, Docker's default
 //! capability set, no-new-privileges, the default seccomp profile of
-//! containers-common (the one podman and crun use), namespaces, cgroup v2
-//! limits and the manifest's volumes.
+//! containers-common (the one podman and crun use), Docker's device cgroup
+//! and masked paths, namespaces, cgroup v2 limits and the manifest's
+//! volumes.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxSeccomp, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 /// Docker's default capability set.
@@ -34,6 +35,67 @@ pub const DEFAULT_CAPS: [Capability; 14] = [
 
 /// Where the build machine has containers-common's default seccomp profile.
 pub const SECCOMP_PROFILE: &str = "/usr/share/containers/seccomp.json";
+
+/// The character devices a container may read and write (type, major,
+/// minor; `None` for any minor), after the device cgroup denied all: the
+/// nodes the runtime puts in `/dev` and nothing else, as Docker's default
+/// list. Without a deny-all rule crun installs no device filter at all,
+/// and container root could `mknod` a node for the host's disk and read or
+/// rewrite it.
+pub const ALLOWED_DEVICES: [(char, i64, Option<i64>, &str); 9] = [
+    ('c', 1, Some(3), "null"),
+    ('c', 1, Some(5), "zero"),
+    ('c', 1, Some(7), "full"),
+    ('c', 1, Some(8), "random"),
+    ('c', 1, Some(9), "urandom"),
+    ('c', 5, Some(0), "tty"),
+    ('c', 5, Some(1), "console"),
+    ('c', 5, Some(2), "ptmx"),
+    ('c', 136, None, "pts/*"),
+];
+
+/// Paths the runtime hides (a read-only empty tmpfs over a directory,
+/// /dev/null over a file): Docker's default list, with
+/// `/sys/devices/virtual/powercap` (energy counters, a side channel on
+/// what other processes compute: CVE-2020-8694; Docker masks it since
+/// version 25) and `/proc/interrupts`, as recent Docker releases do.
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+/// Paths bound read-only over themselves: Docker's default list.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The default `pids.max` of a container (manifest key `pids-limit`):
+/// Podman's default, enough for any ordinary service, few enough that a
+/// fork bomb in one container cannot take the host's PIDs.
+pub const DEFAULT_PIDS_LIMIT: i64 = 2048;
+
+/// The largest `pids-limit`: the kernel's own ceiling for PIDs on 64-bit
+/// (`PID_MAX_LIMIT`).
+pub const MAX_PIDS_LIMIT: i64 = 4 * 1024 * 1024;
+
+/// The mount options of a volume inside the container: a device node or a
+/// set-id program that container root writes there must not work, there
+/// or anywhere else.
+pub const VOLUME_OPTIONS: [&str; 4] = ["rbind", "rw", "nosuid", "nodev"];
 
 /// How a container reaches the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +134,8 @@ pub struct ContainerSpec {
     pub memory: Option<i64>,
     /// CPU limit in CPUs (0.5 = half a CPU).
     pub cpus: Option<f64>,
+    /// `pids.max`: how many processes and threads the container may have.
+    pub pids_limit: i64,
     /// Volumes and the host directory holding them.
     pub volumes: Vec<Volume>,
     /// Host directory of this container's volumes.
@@ -79,9 +143,10 @@ pub struct ContainerSpec {
 }
 
 /// Where a container's volumes live on the host: under /var, so they
-/// survive upgrades and rollbacks.
+/// survive upgrades and rollbacks, and below the volume root that
+/// berth-init keeps at mode 0700.
 pub fn volume_dir(container: &str) -> String {
-    format!("/var/lib/berth/volumes/{container}")
+    format!("{}/{container}", berth_hostapi::config::VOLUMES_ROOT)
 }
 
 /// The environment: the image's, then the manifest's on top, with a PATH.
@@ -121,6 +186,37 @@ fn mount(
         .source(source)
         .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
         .build()
+}
+
+fn device_rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+) -> Result<LinuxDeviceCgroup, oci_spec::OciSpecError> {
+    let mut b = LinuxDeviceCgroupBuilder::default()
+        .allow(allow)
+        .typ(typ)
+        .access("rwm");
+    if let Some(major) = major {
+        b = b.major(major);
+    }
+    if let Some(minor) = minor {
+        b = b.minor(minor);
+    }
+    b.build()
+}
+
+/// The device cgroup: deny everything, then allow [`ALLOWED_DEVICES`].
+/// (crun appends its own list, which also lets `mknod` make any node,
+/// never open it, and allows /dev/net/tun, useless without
+/// CAP_NET_ADMIN.)
+pub fn device_rules() -> Result<Vec<LinuxDeviceCgroup>, oci_spec::OciSpecError> {
+    let mut rules = vec![device_rule(false, LinuxDeviceType::A, None, None)?];
+    for (_, major, minor, _) in ALLOWED_DEVICES {
+        rules.push(device_rule(true, LinuxDeviceType::C, Some(major), minor)?);
+    }
+    Ok(rules)
 }
 
 fn namespace(t: LinuxNamespaceType) -> Result<LinuxNamespace, oci_spec::OciSpecError> {
@@ -282,7 +378,7 @@ pub fn build(
     }
     for v in &c.volumes {
         let src = format!("{}/{}", c.volume_dir, v.name);
-        mounts.push(mount(&v.target, "bind", &src, &["rbind", "rw"])?);
+        mounts.push(mount(&v.target, "bind", &src, &VOLUME_OPTIONS)?);
     }
     let mut namespaces = vec![
         namespace(LinuxNamespaceType::Pid)?,
@@ -294,7 +390,9 @@ pub fn build(
     if c.network == NetworkMode::None {
         namespaces.push(namespace(LinuxNamespaceType::Network)?);
     }
-    let mut resources = LinuxResourcesBuilder::default();
+    let mut resources = LinuxResourcesBuilder::default()
+        .devices(device_rules()?)
+        .pids(LinuxPidsBuilder::default().limit(c.pids_limit).build()?);
     if let Some(m) = c.memory {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(m).build()?);
     }
@@ -308,14 +406,12 @@ pub fn build(
                 .build()?,
         );
     }
-    let defaults = Spec::default();
-    let default_linux = defaults.linux().clone().unwrap_or_default();
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(format!("/berth/{}", c.name))
-        .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
-        .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default());
+        .masked_paths(MASKED_PATHS.map(String::from).to_vec())
+        .readonly_paths(READONLY_PATHS.map(String::from).to_vec());
     if let Some(s) = seccomp {
         linux = linux.seccomp(s);
     }
@@ -352,58 +448,6 @@ pub fn to_json(spec: &Spec) -> Result<String, serde_json::Error> {
     Ok(serde_json::to_string_pretty(&value)? + "\n")
 }
 
-/// Resolves an image `User` ("uid", "uid:gid", "name", "name:group") to
-/// numbers through the image's own /etc/passwd and /etc/group.
-pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
-    if user.is_empty() {
-        return Ok((0, 0));
-    }
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
-    let lookup = |db: &str, name: &str| -> Option<(u32, Option<u32>)> {
-        db.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.first() != Some(&name) {
-                return None;
-            }
-            let id = f.get(2)?.parse().ok()?;
-            Some((id, f.get(3).and_then(|g| g.parse().ok())))
-        })
-    };
-    let (uid, primary) = match u.parse::<u32>() {
-        Ok(n) => (n, lookup_by_uid(&passwd, n)),
-        Err(_) => {
-            let (uid, gid) =
-                lookup(&passwd, u).ok_or_else(|| format!("the image has no user \"{u}\""))?;
-            (uid, gid)
-        }
-    };
-    let gid = match g {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup(&group, g)
-                .map(|(gid, _)| gid)
-                .ok_or_else(|| format!("the image has no group \"{g}\""))?,
-        },
-        None => primary.unwrap_or(0),
-    };
-    Ok((uid, gid))
-}
-
-fn lookup_by_uid(passwd: &str, uid: u32) -> Option<u32> {
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.get(2).and_then(|u| u.parse::<u32>().ok()) != Some(uid) {
-            return None;
-        }
-        f.get(3)?.parse().ok()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +462,7 @@ mod tests {
             network: NetworkMode::Host,
             memory: Some(128 << 20),
             cpus: Some(0.5),
+            pids_limit: 300,
             volumes: vec![Volume {
                 name: "data".into(),
                 target: "/data".into(),
@@ -474,6 +519,91 @@ mod tests {
                 .iter()
                 .any(|n| n["type"] == "network")
         );
+    }
+
+    #[test]
+    fn devices_are_denied_but_the_standard_few() {
+        let json = serde_json::to_value(build(&spec(), None).unwrap()).unwrap();
+        let rules = json["linux"]["resources"]["devices"].as_array().unwrap();
+        // First: deny everything, of any type (crun reads the list in
+        // order, the last matching rule deciding).
+        assert_eq!(
+            rules[0],
+            serde_json::json!({"allow": false, "type": "a", "access": "rwm"})
+        );
+        let allowed: Vec<String> = rules[1..]
+            .iter()
+            .map(|r| {
+                assert_eq!(r["allow"], true, "{r}");
+                assert_eq!(r["type"], "c", "only character devices: {r}");
+                let minor = r["minor"].as_i64().map_or("*".into(), |m| m.to_string());
+                format!("{}:{minor} {}", r["major"], r["access"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                "1:3 rwm",
+                "1:5 rwm",
+                "1:7 rwm",
+                "1:8 rwm",
+                "1:9 rwm",
+                "5:0 rwm",
+                "5:1 rwm",
+                "5:2 rwm",
+                "136:* rwm"
+            ]
+        );
+        // /dev is where the allowed nodes live: no set-id programs there.
+        let mounts = json["mounts"].as_array().unwrap();
+        let dev = mounts.iter().find(|m| m["destination"] == "/dev").unwrap();
+        assert!(
+            dev["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == "nosuid"),
+            "{dev}"
+        );
+    }
+
+    #[test]
+    fn volumes_are_nosuid_and_nodev() {
+        let json = serde_json::to_value(build(&spec(), None).unwrap()).unwrap();
+        let mounts = json["mounts"].as_array().unwrap();
+        let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
+        let options: Vec<&str> = data["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        for want in ["rbind", "rw", "nosuid", "nodev"] {
+            assert!(options.contains(&want), "{want} missing: {data}");
+        }
+    }
+
+    #[test]
+    fn masked_paths_and_the_pids_limit() {
+        let json = serde_json::to_value(build(&spec(), None).unwrap()).unwrap();
+        let masked: Vec<&str> = json["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        for path in [
+            "/sys/devices/virtual/powercap",
+            "/sys/firmware",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/timer_list",
+        ] {
+            assert!(masked.contains(&path), "{path} is not masked: {masked:?}");
+        }
+        let readonly = json["linux"]["readonlyPaths"].as_array().unwrap();
+        assert!(readonly.iter().any(|p| p == "/proc/sys"), "{readonly:?}");
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 300);
     }
 
     #[test]
@@ -574,32 +704,6 @@ mod tests {
         assert!(
             action_of("arm_fadvise64_64").is_empty(),
             "other architectures' rules are dropped"
-        );
-    }
-
-    #[test]
-    fn users_resolve_through_the_image() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("etc")).unwrap();
-        std::fs::write(
-            t.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\n",
-        )
-        .unwrap();
-        std::fs::write(
-            t.path().join("etc/group"),
-            "root:x:0:\nweb:x:34:\nstaff:x:50:\n",
-        )
-        .unwrap();
-        assert_eq!(resolve_user(t.path(), ""), Ok((0, 0)));
-        assert_eq!(resolve_user(t.path(), "www"), Ok((33, 34)));
-        assert_eq!(resolve_user(t.path(), "www:staff"), Ok((33, 50)));
-        assert_eq!(resolve_user(t.path(), "33"), Ok((33, 34)));
-        assert_eq!(resolve_user(t.path(), "1000:1000"), Ok((1000, 1000)));
-        assert!(
-            resolve_user(t.path(), "ghost")
-                .unwrap_err()
-                .contains("no user")
         );
     }
 }

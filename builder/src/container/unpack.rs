@@ -4,15 +4,29 @@
 //! links and symlinks, and without ever writing outside the root: paths
 //! are resolved the way a chroot would see them (an absolute symlink or a
 //! `..` cannot climb above the root), and an entry whose own path has a
-//! `..` is refused.
+//! `..` is refused, as is a whiteout that names its own directory or its
+//! parent. A layer is hostile input: how many entries it may add is
+//! capped by the caller, a metadata entry (PAX header, GNU long name) is
+//! read into memory only up to [`MAX_META_ENTRY`], and set-user-ID and
+//! set-group-ID bits are dropped from its files (every container runs with
+//! no-new-privileges, where they do nothing, and the files also sit in
+//! the host's OSTree repository, which any user of the host can read).
 //!
 //! Written by hand (on the `tar` crate) because the unpackers on crates.io
 //! either follow symlinks out of the root or skip the OCI whiteout rules.
+//! The `tar` crate is used in raw mode, its metadata entries handled by
+//! [`super::tarmeta`]: in its own mode it reads a PAX header of any
+//! declared size whole.
 
 use std::collections::{HashSet, VecDeque};
+use std::ffi::OsStr;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
+
+pub use super::tarmeta::MAX_META_ENTRY;
+use super::tarmeta::{Pending, take_meta};
 
 /// The whiteout prefix of the OCI image spec.
 const WHITEOUT: &str = ".wh.";
@@ -20,6 +34,8 @@ const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 /// How many symlinks one lookup may follow (as Linux's MAXSYMLINKS).
 const MAX_LINKS: usize = 40;
+/// The set-user-ID and set-group-ID bits, dropped from regular files.
+const SET_ID_BITS: u32 = 0o6000;
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +43,27 @@ pub enum UnpackError {
     /// The layer names a path that leaves the root.
     #[error("layer entry \"{0}\" has a '..' component: refusing to unpack it")]
     Escape(String),
+    /// A whiteout that names no entry of its directory (`.wh.`, `.wh..`,
+    /// `.wh...`): applied, it would delete the directory or its parent.
+    #[error("layer entry \"{0}\" is a whiteout of its own directory or its parent: refusing it")]
+    BadWhiteout(String),
     /// Too many symlinks while resolving a path.
     #[error("too many levels of symbolic links resolving \"{0}\"")]
     Loop(String),
+    /// The image has more entries than the caller's budget.
+    #[error("the image has more entries than allowed")]
+    TooManyEntries,
+    /// A PAX header or GNU long name larger than [`MAX_META_ENTRY`].
+    #[error("a layer metadata entry of {0} bytes (more than {MAX_META_ENTRY})")]
+    MetaTooLarge(u64),
+    /// A tar feature that is refused rather than guessed at.
+    #[error("layer entry \"{path}\": {what} is not supported")]
+    Unsupported {
+        /// The entry.
+        path: String,
+        /// The feature.
+        what: &'static str,
+    },
     /// Reading the archive or writing the tree failed.
     #[error("{what}")]
     Io {
@@ -41,7 +75,7 @@ pub enum UnpackError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> UnpackError {
+pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> UnpackError {
     let what = what.into();
     move |source| UnpackError::Io { what, source }
 }
@@ -119,20 +153,52 @@ fn remove_at(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Unpacks one uncompressed layer `tar` stream into `root`.
-pub fn unpack_layer(root: &Path, tar: impl Read) -> Result<(), UnpackError> {
+/// Unpacks one uncompressed layer `tar` stream into `root`. Each entry,
+/// metadata entries too, takes one from `entries_left`; none left is an
+/// error.
+pub fn unpack_layer(
+    root: &Path,
+    tar: impl Read,
+    entries_left: &mut u64,
+) -> Result<(), UnpackError> {
     let mut archive = tar::Archive::new(tar);
     // Paths (relative to root) this layer wrote: an opaque marker must not
     // delete them, only what lower layers left.
     let mut written: HashSet<PathBuf> = HashSet::new();
     let mut opaque_dirs: Vec<PathBuf> = Vec::new();
-    let entries = archive.entries().map_err(io_err("reading layer"))?;
+    let mut pending = Pending::default();
+    let entries = archive
+        .entries()
+        .map_err(io_err("reading layer"))?
+        .raw(true);
     for entry in entries {
         let mut entry = entry.map_err(io_err("reading a layer entry"))?;
-        let raw_path = entry
-            .path()
-            .map_err(io_err("reading an entry path"))?
-            .into_owned();
+        if *entries_left == 0 {
+            return Err(UnpackError::TooManyEntries);
+        }
+        *entries_left -= 1;
+        if take_meta(&mut entry, &mut pending)? {
+            continue;
+        }
+        let meta = std::mem::take(&mut pending);
+        let header = entry.header().clone();
+        let path_bytes = meta
+            .path
+            .unwrap_or_else(|| header.path_bytes().into_owned());
+        let raw_path = PathBuf::from(OsStr::from_bytes(&path_bytes));
+        let link_bytes = meta
+            .link
+            .or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
+        let entry_size = header
+            .entry_size()
+            .map_err(io_err("reading a layer entry header"))?;
+        if meta.size.is_some_and(|s| s != entry_size) {
+            // Only a file over 8 GiB needs one, far above the size cap.
+            return Err(UnpackError::Unsupported {
+                path: raw_path.display().to_string(),
+                what: "a PAX size record",
+            });
+        }
         let parts = clean(&raw_path)?;
         let Some(name) = parts.last().cloned() else {
             continue;
@@ -145,6 +211,14 @@ pub fn unpack_layer(root: &Path, tar: impl Read) -> Result<(), UnpackError> {
             continue;
         }
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT) {
+            if hidden.starts_with(WHITEOUT) {
+                // Other `.wh..wh.` names are aufs bookkeeping
+                // (`.wh..wh.plnk`), no whiteouts: containerd skips them.
+                continue;
+            }
+            if matches!(hidden, "" | "." | "..") {
+                return Err(UnpackError::BadWhiteout(raw_path.display().to_string()));
+            }
             let parent = resolve_in_root(root, &parent_rel, true)?;
             let victim = parent.join(hidden);
             remove_at(&victim)
@@ -157,11 +231,20 @@ pub fn unpack_layer(root: &Path, tar: impl Read) -> Result<(), UnpackError> {
             .map_err(io_err(format!("creating {}", parent.display())))?;
         let dest = parent.join(&name);
         let rel_dest = dest.strip_prefix(root).unwrap_or(&dest).to_path_buf();
-        let header = entry.header().clone();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
-        let uid = header.uid().ok().and_then(|u| u32::try_from(u).ok());
-        let gid = header.gid().ok().and_then(|g| u32::try_from(g).ok());
+        let id = |pax: Option<u64>, hdr: io::Result<u64>| {
+            pax.or(hdr.ok()).and_then(|v| u32::try_from(v).ok())
+        };
+        let uid = id(meta.uid, header.uid());
+        let gid = id(meta.gid, header.gid());
         let what = || format!("unpacking {}", raw_path.display());
+        let link_target = || -> Result<PathBuf, UnpackError> {
+            let bytes = link_bytes.clone().ok_or_else(|| UnpackError::Io {
+                what: what(),
+                source: io::Error::other("link without a target"),
+            })?;
+            Ok(PathBuf::from(OsStr::from_bytes(&bytes)))
+        };
         match header.entry_type() {
             tar::EntryType::Directory => {
                 if !std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
@@ -177,19 +260,16 @@ pub fn unpack_layer(root: &Path, tar: impl Read) -> Result<(), UnpackError> {
                 let mut f = std::fs::File::create(&dest).map_err(io_err(what()))?;
                 io::copy(&mut entry, &mut f).map_err(io_err(what()))?;
                 chown(&dest, uid, gid)?;
-                // After chown: it clears set-id bits.
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
-                    .map_err(io_err(what()))?;
+                // After chown (which clears set-id bits anyway), without
+                // the set-id bits.
+                std::fs::set_permissions(
+                    &dest,
+                    std::fs::Permissions::from_mode(mode & !SET_ID_BITS),
+                )
+                .map_err(io_err(what()))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(io_err(what()))?
-                    .ok_or_else(|| UnpackError::Io {
-                        what: what(),
-                        source: io::Error::other("symlink without a target"),
-                    })?
-                    .into_owned();
+                let target = link_target()?;
                 remove_at(&dest).map_err(io_err(what()))?;
                 // The link itself may point anywhere: it is only ever
                 // followed inside the container, or by resolve_in_root.
@@ -197,21 +277,23 @@ pub fn unpack_layer(root: &Path, tar: impl Read) -> Result<(), UnpackError> {
                 lchown(&dest, uid, gid)?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(io_err(what()))?
-                    .ok_or_else(|| UnpackError::Io {
-                        what: what(),
-                        source: io::Error::other("hard link without a target"),
-                    })?
-                    .into_owned();
+                let target = link_target()?;
                 let target_parts = clean(&target)?;
                 let target_rel: PathBuf = target_parts.iter().collect();
                 let source = resolve_in_root(root, &target_rel, false)?;
                 remove_at(&dest).map_err(io_err(what()))?;
                 std::fs::hard_link(&source, &dest).map_err(io_err(what()))?;
             }
-            // Device nodes, FIFOs: the runtime provides /dev; skip them.
+            tar::EntryType::GNUSparse if header.as_gnu().is_some_and(|g| g.is_extended()) => {
+                // Its map continues in blocks that raw mode would read as
+                // entries; Docker's and containerd's writers never make one.
+                return Err(UnpackError::Unsupported {
+                    path: raw_path.display().to_string(),
+                    what: "a GNU sparse file with an extended map",
+                });
+            }
+            // Device nodes, FIFOs: the runtime provides /dev; sparse files:
+            // skipped, as before.
             _ => continue,
         }
         written.insert(rel_dest);
@@ -292,6 +374,13 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    use crate::container::tarmeta::fixtures::{file_header, raw_tar};
+
+    /// Unpacks with no entry cap.
+    fn unpack(root: &Path, tar: impl Read) -> Result<(), UnpackError> {
+        unpack_layer(root, tar, &mut u64::MAX.clone())
+    }
+
     fn raw_layer_with_path(path: &str) -> Vec<u8> {
         // tar::Builder refuses '..' itself; write the name field by hand.
         let mut h = tar::Header::new_old();
@@ -311,7 +400,7 @@ mod tests {
     fn layers_apply_in_order_with_whiteouts_and_opaque_dirs() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        unpack_layer(
+        unpack(
             r,
             &layer(&[
                 E::Dir("etc"),
@@ -324,7 +413,7 @@ mod tests {
             ])[..],
         )
         .unwrap();
-        unpack_layer(
+        unpack(
             r,
             &layer(&[
                 E::File("etc/.wh.a", ""),
@@ -353,7 +442,7 @@ mod tests {
     fn hard_links_share_an_inode() {
         use std::os::unix::fs::MetadataExt;
         let root = tempfile::tempdir().unwrap();
-        unpack_layer(
+        unpack(
             root.path(),
             &layer(&[
                 E::File("bin/busybox", "bb"),
@@ -374,7 +463,7 @@ mod tests {
         let out = outside.path().to_string_lossy().into_owned();
         // A layer plants symlinks to the host's directory, absolute and
         // relative, then writes "through" them.
-        unpack_layer(
+        unpack(
             root.path(),
             &layer(&[
                 E::Sym("abs", &out),
@@ -407,7 +496,7 @@ mod tests {
     #[test]
     fn hard_link_targets_stay_inside_the_root() {
         let root = tempfile::tempdir().unwrap();
-        let err = unpack_layer(
+        let err = unpack(
             root.path(),
             &layer(&[E::Hard("shadow", "../../../etc/shadow")])[..],
         );
@@ -417,7 +506,7 @@ mod tests {
     #[test]
     fn dot_dot_entries_are_refused() {
         let root = tempfile::tempdir().unwrap();
-        let err = unpack_layer(root.path(), &raw_layer_with_path("../escape")[..]).unwrap_err();
+        let err = unpack(root.path(), &raw_layer_with_path("../escape")[..]).unwrap_err();
         assert!(matches!(err, UnpackError::Escape(_)), "{err}");
         assert!(!root.path().parent().unwrap().join("escape").exists());
     }
@@ -446,5 +535,85 @@ mod tests {
             resolve_in_root(r, Path::new("loop/x"), true),
             Err(UnpackError::Loop(_))
         ));
+    }
+
+    #[test]
+    fn whiteouts_of_their_own_directory_or_parent_are_refused() {
+        // Nested, so that what the old unpacker deleted (the directory or
+        // its parent) stays inside the test's root.
+        for bad in [".wh.", ".wh..", ".wh..."] {
+            let root = tempfile::tempdir().unwrap();
+            let r = root.path();
+            unpack(
+                r,
+                &layer(&[
+                    E::Dir("a"),
+                    E::Dir("a/b"),
+                    E::File("a/b/keep", "1"),
+                    E::File("a/other", "1"),
+                ])[..],
+            )
+            .unwrap();
+            let err = unpack(r, &layer(&[E::File(&format!("a/b/{bad}"), "")])[..]).unwrap_err();
+            assert!(matches!(err, UnpackError::BadWhiteout(_)), "{bad}: {err}");
+            assert!(r.join("a/b/keep").exists(), "{bad} deleted its directory");
+            assert!(r.join("a/other").exists(), "{bad} deleted its parent");
+        }
+        // aufs bookkeeping names are skipped, neither applied nor kept.
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        unpack(
+            r,
+            &layer(&[E::Dir(".wh..wh.plnk"), E::File("keep", "1")])[..],
+        )
+        .unwrap();
+        assert!(r.join("keep").exists());
+        assert!(!r.join(".wh..wh.plnk").exists());
+    }
+
+    #[test]
+    fn set_id_bits_are_dropped_from_files() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let mut dir = tar::Header::new_gnu();
+        dir.set_path("shared").unwrap();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o2775);
+        dir.set_size(0);
+        dir.set_cksum();
+        unpack(
+            r,
+            &raw_tar(&[
+                (file_header("su", 0o4755, 2), b"#!".to_vec()),
+                (file_header("wall", 0o2755, 2), b"#!".to_vec()),
+                (dir, Vec::new()),
+            ])[..],
+        )
+        .unwrap();
+        let mode = |p: &str| std::fs::metadata(r.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("su"), 0o755, "set-user-ID kept");
+        assert_eq!(mode("wall"), 0o755, "set-group-ID kept");
+        assert_eq!(
+            mode("shared"),
+            0o2775,
+            "a directory's set-group-ID is harmless"
+        );
+    }
+
+    #[test]
+    fn entries_are_capped() {
+        let files: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let entries: Vec<E> = files.iter().map(|f| E::File(f, "")).collect();
+        let root = tempfile::tempdir().unwrap();
+        let mut left = 10;
+        let err = unpack_layer(root.path(), &layer(&entries)[..], &mut left).unwrap_err();
+        assert!(matches!(err, UnpackError::TooManyEntries), "{err}");
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 10);
+        // The budget carries over from layer to layer.
+        let mut left = 25;
+        unpack_layer(root.path(), &layer(&entries)[..], &mut left).unwrap();
+        assert_eq!(left, 5);
+        let err = unpack_layer(root.path(), &layer(&entries)[..], &mut left).unwrap_err();
+        assert!(matches!(err, UnpackError::TooManyEntries), "{err}");
     }
 }

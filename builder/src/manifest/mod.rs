@@ -174,6 +174,8 @@ pub struct Container {
     pub memory: Option<u64>,
     /// CPU limit in CPUs.
     pub cpus: Option<f64>,
+    /// `pids.max`: processes and threads the container may have.
+    pub pids_limit: i64,
     /// Readiness.
     pub ready: Readiness,
     /// Units that must be ready first.

@@ -143,6 +143,7 @@ pub struct RawContainer {
     pub network: Option<Spanned<String>>,
     pub memory: Option<Spanned<String>>,
     pub cpus: Option<Spanned<f64>>,
+    pub pids_limit: Option<Spanned<i64>>,
     pub ready: Option<Spanned<String>>,
     #[serde(default)]
     pub after: Vec<Spanned<String>>,

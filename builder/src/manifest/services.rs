@@ -12,6 +12,7 @@ use super::schema::{RawContainer, RawService};
 use super::units::{parse_duration_ms, parse_size};
 use super::validate::{Checker, check_name};
 use super::{Container, ContainerNetwork, ManifestError};
+use crate::container::spec;
 
 /// Signals a service may name as its stop signal.
 const STOP_SIGNALS: [&str; 9] = [
@@ -330,6 +331,24 @@ pub(super) fn check(
             }
             None => None,
         };
+        let pids_limit = match k.pids_limit {
+            Some(v) => {
+                let span = v.span();
+                let n = *v.get_ref();
+                if !(1..=spec::MAX_PIDS_LIMIT).contains(&n) {
+                    return Err(c.err(
+                        &at("pids-limit"),
+                        &span,
+                        format!(
+                            "{n} is not a process count from 1 to {}",
+                            spec::MAX_PIDS_LIMIT
+                        ),
+                    ));
+                }
+                n
+            }
+            None => spec::DEFAULT_PIDS_LIMIT,
+        };
         let common = common(
             c,
             &at,
@@ -355,6 +374,7 @@ pub(super) fn check(
             network,
             memory,
             cpus,
+            pids_limit,
             ready: common.ready,
             after: k.after.into_iter().map(Spanned::into_inner).collect(),
             stop_signal: common.stop_signal,

@@ -113,6 +113,18 @@ fn wrong_type_names_key_and_line() {
 }
 
 #[test]
+fn wrong_type_of_a_spanned_value_names_the_key() {
+    let e = err(
+        "name = \"x\"\nversion = \"1\"\n[[container]]\nname = \"web\"\nimage = \"oci:l:1\"\ncpus = \"half\"\n",
+    );
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("container[0].cpus", Some((6, 8))),
+        "{e}"
+    );
+}
+
+#[test]
 fn missing_required_key() {
     let e = err("name = \"x\"\n");
     assert!(e.message.contains("missing field `version`"), "{e}");
@@ -237,6 +249,40 @@ fn container_errors_name_the_container() {
     let m = parse(&format!("{ok}memory = \"128M\"\ncpus = 0.5\n")).unwrap();
     assert_eq!(m.containers[0].memory, Some(128 << 20));
     assert_eq!(m.containers[0].network, ContainerNetwork::Host);
+    assert_eq!(
+        m.containers[0].pids_limit,
+        crate::container::spec::DEFAULT_PIDS_LIMIT,
+        "the default pids-limit"
+    );
+}
+
+#[test]
+fn pids_limit_is_checked() {
+    let base =
+        "name = \"x\"\nversion = \"1\"\n[[container]]\nname = \"web\"\nimage = \"oci:layout:1\"\n";
+    let m = parse(&format!("{base}pids-limit = 64\n")).unwrap();
+    assert_eq!(m.containers[0].pids_limit, 64);
+    for bad in ["0", "-1", "4194305"] {
+        let e = err(&format!("{base}pids-limit = {bad}\n"));
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("container[0].pids-limit", Some((6, 14))),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("not a process count from 1 to 4194304"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("6:14"), "{e}");
+    }
+    let e = err(&format!("{base}pids-limit = \"many\"\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("container[0].pids-limit", Some((6, 14))),
+        "{e}"
+    );
+    let e = err(&format!("{base}pids_limit = 64\n"));
+    assert!(e.message.contains("unknown field"), "{e}");
 }
 
 #[test]

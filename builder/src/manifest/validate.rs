@@ -57,7 +57,12 @@ fn deserialize(path: &Path, text: &str) -> Result<RawManifest, ManifestError> {
     let de =
         toml::Deserializer::parse(text).map_err(|e| toml_error(path, text, String::new(), &e))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
+        // A `Spanned` value adds toml's private field to the path: the
+        // user wrote the key, not that.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
         toml_error(path, text, key, e.inner())
     })

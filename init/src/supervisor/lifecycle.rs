@@ -2,7 +2,6 @@
 //! main process), readiness probes, exit (post-stop commands, then restart
 //! with backoff or stay down), stop (signal, timeout, SIGKILL).
 
-use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
 use berth_hostapi::config::{Readiness, Restart};
@@ -114,12 +113,13 @@ impl Supervisor {
         }
         u.started_once = true;
         u.restart_requested = false;
-        // `dirs`: volume folders, made before every start.
+        // `dirs`: volume folders, made before every start, below a
+        // volume root only root can enter.
         for dir in u.spec.dirs.clone() {
-            let made = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&dir);
+            let made = super::dirs::prepare(
+                std::path::Path::new(berth_hostapi::config::VOLUMES_ROOT),
+                std::path::Path::new(&dir),
+            );
             if let Err(e) = made {
                 crate::say!("{}: creating directory {dir}: {e}", self.name(i));
                 self.failed_start(i);

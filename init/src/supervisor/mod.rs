@@ -10,6 +10,7 @@
 //! shutdown action to the caller (stage 2, or the `supervise` command).
 
 pub mod backoff;
+mod dirs;
 pub mod graph;
 mod lifecycle;
 pub mod logs;
