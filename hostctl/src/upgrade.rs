@@ -1,6 +1,8 @@
 //! `berthctl upgrade`: pull the next OS version from the update remote
 //! (a static delta when the server has one; signatures checked when the
-//! remote requires them), deploy it next to the booted one with libostree
+//! remote requires them; never older than the booted version unless
+//! `--allow-downgrade`, never another ref's commit: see
+//! `berth_sysroot::remote`), deploy it next to the booted one with libostree
 //! (which merges /etc), put its kernel and a boot entry with a boot counter
 //! on the ESP, and clean up. The booted deployment is never touched.
 
@@ -25,6 +27,8 @@ pub struct UpgradeOpts {
     pub check: bool,
     /// Deploy even a commit recorded as failed.
     pub force: bool,
+    /// Accept a commit older than the booted one.
+    pub allow_downgrade: bool,
 }
 
 /// What an upgrade did.
@@ -72,18 +76,17 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
 
     // Pull (or, with --check, only the commit object).
     let progress = ostree::AsyncProgress::new();
-    let pull_opts = glib::VariantDict::new(None);
-    pull_opts.insert_value("refs", &[branch].to_variant());
-    let flags = if opts.check {
-        ostree::RepoPullFlags::COMMIT_ONLY
-    } else {
-        ostree::RepoPullFlags::NONE
+    let booted_commit = booted.csum();
+    let pull_opts = berth_sysroot::remote::Pull {
+        branch,
+        booted: booted_commit.as_str(),
+        allow_downgrade: opts.allow_downgrade,
+        commit_only: opts.check,
     };
-    pull_opts.insert_value("flags", &(flags.bits() as i32).to_variant());
     eprintln!("berthctl: fetching {branch} from {remote}");
     repo.pull_with_options(
         remote,
-        &pull_opts.end(),
+        &pull_opts.options(),
         Some(&progress),
         gio::Cancellable::NONE,
     )

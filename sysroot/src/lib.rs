@@ -17,6 +17,7 @@ pub mod esp;
 pub mod esp_state;
 pub mod esp_sync;
 pub mod install;
+pub mod remote;
 
 pub use deployment::{DeploymentInfo, STATEROOT};
 
