@@ -5,9 +5,9 @@
 //! The image is written under a temporary name in the output directory and
 //! renamed into place only when complete, so a failed or interrupted build
 //! never leaves a broken image where a good one was. Likewise the new
-//! commit is published (signed, ref moved, summary written and signed)
-//! only once the image is complete: a build that fails offers hosts
-//! nothing.
+//! commit is published (static delta, ref moved, summary written and
+//! signed) only once the image is complete: a build that fails offers
+//! hosts nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -202,6 +202,9 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         subject: &subject,
         timestamp,
     })?;
+    if let Some(s) = &signer {
+        commit::sign(&repo_path, &committed, s)?;
+    }
 
     progress.stage("deploy", "deploying into a fresh sysroot");
     let layout = disk_layout(&m, &committed.checksum, timestamp);
@@ -378,7 +381,7 @@ fn locate_package_error(m: &Manifest, e: anyhow::Error) -> anyhow::Error {
 fn publish_what(ostree_ref: &str, signer: Option<&Signer>) -> String {
     match signer {
         Some(s) => format!(
-            "signing with {} and moving {ostree_ref}",
+            "moving {ostree_ref}, signing the summary with {}",
             s.key_ids()
                 .iter()
                 .map(|k| short_key(k))

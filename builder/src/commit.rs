@@ -3,13 +3,15 @@
 //! [`commit`] writes the base tree and the overlay together into the
 //! archive repository as a commit whose parent is the ref's current
 //! commit (metadata `version`, and `ostree.ref-binding` naming the ref so
-//! that no host takes it under another ref). Its objects are
-//! content-addressed and no host can find them yet: the ref does not move.
+//! that no host takes it under another ref), and [`sign`] signs it (the
+//! image carries the signature: `ostree admin status` on a host wants
+//! it). Its objects are content-addressed and no host can find them yet:
+//! the ref does not move.
 //!
-//! [`publish`], called only when the disk image is complete, signs the
-//! commit, writes the static delta from the parent, moves the ref, and
-//! writes and signs the summary. So a build that fails offers hosts
-//! nothing, and any static HTTP server can serve the repository.
+//! [`publish`], called only when the disk image is complete, writes the
+//! static delta from the parent, moves the ref, and writes and signs the
+//! summary. So a build that fails offers hosts nothing, and any static
+//! HTTP server can serve the repository.
 
 use std::path::Path;
 
@@ -233,10 +235,20 @@ pub fn commit_time(build: u64, parent: Option<u64>) -> (u64, bool) {
     }
 }
 
-/// Publishes `committed` under `ostree_ref`: signs it with `signer`,
-/// writes the static delta from its parent (after the signature: the
-/// delta carries it), flushes the repository, moves the ref, regenerates
-/// the summary and signs it. An unchanged commit is already published.
+/// Signs a new commit with `signer` (an unchanged one is signed already).
+pub fn sign(repo_path: &Path, committed: &CommitResult, signer: &Signer) -> anyhow::Result<()> {
+    if committed.unchanged {
+        return Ok(());
+    }
+    let repo = open_or_create(repo_path)?;
+    signer.sign_commit(&repo, &committed.checksum, committed.timestamp)
+}
+
+/// Publishes the signed `committed` under `ostree_ref`: writes the static
+/// delta from its parent (it carries the commit's signature, so after
+/// [`sign`]), flushes the repository, moves the ref, regenerates the
+/// summary and signs it with `signer`. An unchanged commit is already
+/// published.
 pub fn publish(
     repo_path: &Path,
     ostree_ref: &str,
@@ -249,9 +261,6 @@ pub fn publish(
     let none = gio::Cancellable::NONE;
     let repo = open_or_create(repo_path)?;
     let checksum = committed.checksum.as_str();
-    if let Some(signer) = signer {
-        signer.sign_commit(&repo, checksum)?;
-    }
     let mut delta = false;
     if let Some(parent) = &committed.parent {
         // The parent may be gone (pruned); then hosts fetch objects.

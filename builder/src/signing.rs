@@ -30,8 +30,13 @@ pub const KEY_DIR_SUFFIX: &str = ".signing";
 pub const GNUPG_DIR: &str = "gnupg";
 /// The exported public keys inside a key directory (what images carry).
 pub const PUBLIC_KEY_FILE: &str = "update-key.asc";
-/// The lock that serialises the use of a key directory's gpg-agent.
-const LOCK_FILE: &str = "lock";
+/// What a GnuPG home holds that signing needs (the rest is scratch).
+const KEYRING_FILES: [&str; 4] = [
+    "pubring.kbx",
+    "pubring.gpg",
+    "trustdb.gpg",
+    "private-keys-v1.d",
+];
 
 /// Where a signing key came from, for the build summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,11 +54,14 @@ pub enum KeyOrigin {
 pub struct Signer {
     homedir: PathBuf,
     key_ids: Vec<String>,
+    /// The newest creation time of the signing keys (unix seconds).
+    keys_created: u64,
     public_key: Vec<u8>,
     /// Where the key came from.
     pub origin: KeyOrigin,
-    /// Whether the home is the repository's own (then berth owns its
-    /// gpg-agent, starts it under a short path and stops it after use).
+    /// Whether the home is the repository's own: then berth runs its own
+    /// gpg-agent on it for each operation (see [`Session`]) and dates
+    /// commit signatures deterministically.
     own: bool,
 }
 
@@ -124,7 +132,7 @@ fn manifest_key(m: &Manifest, k: &ManifestKey) -> anyhow::Result<Signer> {
     }
     let id = k.key_id.value.trim_start_matches("0x").to_ascii_uppercase();
     let keys = secret_signing_keys(&homedir)?;
-    if !keys.iter().any(|fpr| fpr.ends_with(&id)) {
+    if !keys.iter().any(|(fpr, _)| fpr.ends_with(&id)) {
         return Err(m
             .error_at(
                 &k.key_id.key,
@@ -141,6 +149,7 @@ fn manifest_key(m: &Manifest, k: &ManifestKey) -> anyhow::Result<Signer> {
         origin: KeyOrigin::Manifest(homedir.clone()),
         homedir,
         key_ids: vec![k.key_id.value.clone()],
+        keys_created: 0,
         public_key,
         own: false,
     })
@@ -153,9 +162,9 @@ pub fn repository_key(repo: &Path) -> anyhow::Result<Signer> {
     let dir = key_dir(repo)?;
     let created = ensure_key_dir(&dir)?;
     let homedir = dir.join(GNUPG_DIR);
-    // Listing secret keys starts the agent: through a session, stopped after.
-    let key_ids = secret_signing_keys(&Session::own(&homedir, true)?.home)?;
-    if key_ids.is_empty() {
+    // Listing secret keys starts an agent: in a session, stopped after.
+    let keys = secret_signing_keys(&Session::mirror(&homedir, None)?.home)?;
+    if keys.is_empty() {
         anyhow::bail!(
             "{} holds no usable secret signing key: restore the key directory from its backup \
              (hosts trust only the keys their version carries)",
@@ -174,7 +183,8 @@ pub fn repository_key(repo: &Path) -> anyhow::Result<Signer> {
             KeyOrigin::Reused(dir)
         },
         homedir,
-        key_ids,
+        keys_created: keys.iter().map(|(_, t)| *t).max().unwrap_or(0),
+        key_ids: keys.into_iter().map(|(fpr, _)| fpr).collect(),
         public_key,
         own: true,
     })
@@ -208,11 +218,23 @@ impl Signer {
     /// Signs `checksum` with every key. Signatures an earlier, failed
     /// build left on this same (unpublished) commit are replaced, since
     /// libostree refuses to sign twice with one key.
-    pub fn sign_commit(&self, repo: &ostree::Repo, checksum: &str) -> anyhow::Result<()> {
+    ///
+    /// With the repository's key the signature is dated `timestamp` (the
+    /// commit's), or the keys' creation if that is later (a signature may
+    /// not predate its key): Ed25519 signatures are deterministic, so the
+    /// same commit gets the same signature bytes, and an image, which
+    /// carries its commit's signature, stays reproducible.
+    pub fn sign_commit(
+        &self,
+        repo: &ostree::Repo,
+        checksum: &str,
+        timestamp: u64,
+    ) -> anyhow::Result<()> {
         let none = gio::Cancellable::NONE;
         repo.write_commit_detached_metadata(checksum, None, none)
             .with_context(|| format!("clearing old signatures of {checksum}"))?;
-        let session = self.session()?;
+        let date = timestamp.max(self.keys_created);
+        let session = self.session(Some(&format!("faked-system-time {date}!\n")))?;
         for id in &self.key_ids {
             repo.sign_commit(checksum, id, Some(&session.home_str()), none)
                 .with_context(|| format!("signing commit {checksum} with GPG key {id}"))?;
@@ -220,22 +242,25 @@ impl Signer {
         Ok(())
     }
 
-    /// Signs the repository's summary (as regenerated last) with every key.
+    /// Signs the repository's summary (as regenerated last) with every
+    /// key, dated now.
     pub fn sign_summary(&self, repo: &ostree::Repo) -> anyhow::Result<()> {
         let ids: Vec<&str> = self.key_ids.iter().map(String::as_str).collect();
-        let session = self.session()?;
+        let session = self.session(None)?;
         repo.add_gpg_signature_summary(&ids, Some(&session.home_str()), gio::Cancellable::NONE)
             .with_context(|| format!("signing the summary with GPG key(s) {}", ids.join(", ")))
     }
 
-    fn session(&self) -> anyhow::Result<Session> {
+    /// A session on the key: berth's own for the repository's key; the
+    /// manifest's home as it is (its keys may need the user's own agent,
+    /// with a passphrase it caches).
+    fn session(&self, gpg_conf: Option<&str>) -> anyhow::Result<Session> {
         if self.own {
-            Session::own(&self.homedir, true)
+            Session::mirror(&self.homedir, gpg_conf)
         } else {
             Ok(Session {
                 home: self.homedir.clone(),
-                _link: None,
-                _lock: None,
+                _dir: None,
                 stop_agent: false,
             })
         }
@@ -272,7 +297,7 @@ fn ensure_key_dir(dir: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir(&home).with_context(|| format!("creating {}", home.display()))?;
     private_dir(&home)?;
     {
-        let session = Session::own(&home, false)?;
+        let session = Session::link(&home)?;
         command::run(
             "making the repository's signing key",
             gpg(&session.home).args([
@@ -309,9 +334,9 @@ fn ensure_key_dir(dir: &Path) -> anyhow::Result<bool> {
     }
 }
 
-/// Fingerprints of the secret keys in `home` that can sign (not revoked,
-/// expired or disabled), from gpg's machine-readable listing.
-fn secret_signing_keys(home: &Path) -> anyhow::Result<Vec<String>> {
+/// Fingerprints and creation times of the secret keys in `home` that can
+/// sign (not revoked, expired or disabled), from gpg's listing.
+fn secret_signing_keys(home: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     let listing = command::run_stdout(
         "listing the signing keys",
         gpg(home).args(["--with-colons", "--list-secret-keys"]),
@@ -321,26 +346,29 @@ fn secret_signing_keys(home: &Path) -> anyhow::Result<Vec<String>> {
 
 /// The usable signing keys of a `--with-colons --list-secret-keys`
 /// listing: each `sec` record whose validity is not revoked, expired,
-/// disabled or invalid and whose capabilities say it can sign, with the
-/// `fpr` record that follows it.
-fn parse_signing_keys(listing: &str) -> Vec<String> {
+/// disabled or invalid and whose capabilities say it can sign, with its
+/// creation time and the `fpr` record that follows it.
+fn parse_signing_keys(listing: &str) -> Vec<(String, u64)> {
     let mut keys = Vec::new();
-    let mut want_fpr = false;
+    let mut pending: Option<u64> = None;
     for line in listing.lines() {
         let fields: Vec<&str> = line.split(':').collect();
         match fields.first() {
             Some(&"sec") => {
                 let validity = fields.get(1).copied().unwrap_or("");
                 let caps = fields.get(11).copied().unwrap_or("");
-                want_fpr = !["r", "e", "d", "i"].contains(&validity) && caps.contains('S');
+                let usable = !["r", "e", "d", "i"].contains(&validity) && caps.contains('S');
+                let created = fields.get(5).and_then(|t| t.parse().ok()).unwrap_or(0);
+                pending = usable.then_some(created);
             }
-            Some(&"fpr") if want_fpr => {
-                if let Some(fpr) = fields.get(9).filter(|f| !f.is_empty()) {
-                    keys.push((*fpr).to_string());
+            Some(&"fpr") => {
+                if let (Some(created), Some(fpr)) =
+                    (pending.take(), fields.get(9).filter(|f| !f.is_empty()))
+                {
+                    keys.push(((*fpr).to_string(), created));
                 }
-                want_fpr = false;
             }
-            Some(&"ssb") => want_fpr = false,
+            Some(&"ssb") => pending = None,
             _ => {}
         }
     }
@@ -369,56 +397,80 @@ fn gpg(home: &Path) -> Command {
     cmd
 }
 
-/// Use of a GnuPG home for one operation.
+/// Use of a GnuPG home for one operation, with an agent of its own.
 ///
 /// gpg-agent puts its sockets in the home directory (there is no
 /// `/run/user/<uid>` for root on a build machine), and a socket path may
 /// not be longer than 107 bytes: a repository a few directories deep
 /// already makes `S.gpg-agent.browser` too long and the agent does not
-/// start. So the home is reached through a symlink (to its parent) in a
-/// short private directory under /tmp. gpg does not resolve the link, so
-/// the agent's socket is named by the short path. The agent is stopped afterwards:
-/// a build leaves no daemon behind, and one build's agent never serves
-/// another build's request halfway (the lock).
+/// start. So gpg is pointed at a short private directory under /tmp that
+/// stands for the home:
+///
+/// - [`Session::link`], to make a key: a symlink to the home's parent
+///   (libostree opens the home itself without following links; gpg does
+///   not resolve the link, so the sockets are named by the short path);
+/// - [`Session::mirror`], to use one: a fresh home holding links to the
+///   key's keyrings and secret keys, and its own `gpg.conf` (how a signing
+///   time is given to the gpg that libostree runs through gpgme). Each
+///   build then has its own agent: concurrent builds never share one.
+///
+/// The agent is stopped afterwards: a build leaves no daemon behind.
 struct Session {
     home: PathBuf,
-    _link: Option<tempfile::TempDir>,
-    _lock: Option<File>,
+    _dir: Option<tempfile::TempDir>,
     stop_agent: bool,
 }
 
 impl Session {
-    /// A session on the repository key home `home` (locked when `lock`:
-    /// the key directory exists and may be shared by concurrent builds).
-    fn own(home: &Path, lock: bool) -> anyhow::Result<Session> {
-        let lock = if lock {
-            let path = home.parent().unwrap_or(home).join(LOCK_FILE);
-            let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-                .with_context(|| format!("locking {}", path.display()))?;
-            Some(f)
-        } else {
-            None
-        };
-        // /tmp itself, not $TMPDIR: the point is a short path.
-        let link_dir = tempfile::Builder::new()
+    /// A short private directory in /tmp itself, not $TMPDIR: the point
+    /// is a short path.
+    fn short_dir() -> anyhow::Result<tempfile::TempDir> {
+        tempfile::Builder::new()
             .prefix("berth-gpg-")
             .tempdir_in("/tmp")
-            .context("creating a directory for the GnuPG agent's sockets in /tmp")?;
-        // The link stands for the home's parent, not the home: libostree
-        // opens the home itself without following a symlink.
+            .context("creating a directory for GnuPG's sockets in /tmp")
+    }
+
+    /// `home`, reached through a short link to its parent.
+    fn link(home: &Path) -> anyhow::Result<Session> {
+        let dir = Session::short_dir()?;
         let abs =
             std::path::absolute(home).with_context(|| format!("resolving {}", home.display()))?;
         let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
             anyhow::bail!("{} is not a GnuPG home directory", home.display());
         };
-        let link = link_dir.path().join("k");
+        let link = dir.path().join("k");
         std::os::unix::fs::symlink(parent, &link)
             .with_context(|| format!("linking {} to {}", link.display(), parent.display()))?;
         Ok(Session {
             home: link.join(name),
-            _link: Some(link_dir),
-            _lock: lock,
+            _dir: Some(dir),
+            stop_agent: true,
+        })
+    }
+
+    /// A short home holding links to `home`'s keys, and `gpg_conf`.
+    fn mirror(home: &Path, gpg_conf: Option<&str>) -> anyhow::Result<Session> {
+        let dir = Session::short_dir()?;
+        private_dir(dir.path())?;
+        let abs =
+            std::path::absolute(home).with_context(|| format!("resolving {}", home.display()))?;
+        for name in KEYRING_FILES {
+            let target = abs.join(name);
+            if target.exists() {
+                let link = dir.path().join(name);
+                std::os::unix::fs::symlink(&target, &link).with_context(|| {
+                    format!("linking {} to {}", link.display(), target.display())
+                })?;
+            }
+        }
+        if let Some(conf) = gpg_conf {
+            let path = dir.path().join("gpg.conf");
+            std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(Session {
+            home: dir.path().to_path_buf(),
+            _dir: Some(dir),
             stop_agent: true,
         })
     }

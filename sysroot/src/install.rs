@@ -52,12 +52,6 @@ pub fn install(root: &Path, spec: &InstallSpec) -> Result<DeploymentInfo, Sysroo
     configure_repo(&repo)?;
     pull_local(&repo, spec.source_repo, spec.commit)?;
     let commit = spec.commit;
-    // The image's repository does not keep the commit's signatures: the
-    // host checks what it pulls, not what it was installed with, and a
-    // signature (it carries its signing time) would make two builds of the
-    // same inputs differ.
-    repo.write_commit_detached_metadata(commit, None, none)
-        .map_err(|e| SysrootError::ostree("dropping the commit's signatures", e))?;
     repo.set_ref_immediate(None, spec.ostree_ref, Some(commit), none)
         .map_err(|e| SysrootError::ostree(format!("setting {}", spec.ostree_ref), e))?;
 

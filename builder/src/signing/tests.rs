@@ -31,7 +31,7 @@ fn the_key_directory_is_a_sibling_of_the_repository() {
 #[test]
 fn signing_keys_are_the_usable_sec_records() {
     let listing = "\
-sec:u:255:22:AAAA:1:::u:::scSC:::+::ed25519:::0:
+sec:u:255:22:AAAA:1700000000:::u:::scSC:::+::ed25519:::0:
 fpr:::::::::1111111111111111111111111111111111111111:
 grp:::::::::0000:
 uid:u::::1::0::Berth update signing key::::::::::0:
@@ -41,14 +41,20 @@ sec:u:255:22:CCCC:1:::u:::eE:::+::cv25519:::0:
 fpr:::::::::3333333333333333333333333333333333333333:
 ssb:u:255:18:DDDD:1::::::e:::+::cv25519::
 fpr:::::::::4444444444444444444444444444444444444444:
-sec:-:255:22:EEEE:1:::-:::scSC:::+::ed25519:::0:
+sec:-:255:22:EEEE:1700000500:::-:::scSC:::+::ed25519:::0:
 fpr:::::::::5555555555555555555555555555555555555555:
 ";
     assert_eq!(
         parse_signing_keys(listing),
         [
-            "1111111111111111111111111111111111111111",
-            "5555555555555555555555555555555555555555"
+            (
+                "1111111111111111111111111111111111111111".to_string(),
+                1_700_000_000
+            ),
+            (
+                "5555555555555555555555555555555555555555".to_string(),
+                1_700_000_500
+            )
         ]
     );
 }
@@ -80,11 +86,24 @@ fn the_first_build_makes_the_key_and_later_ones_reuse_it() {
     assert_eq!(again.origin, KeyOrigin::Reused(kdir.clone()));
     assert_eq!(again.key_ids(), first.key_ids());
     assert_eq!(again.public_key(), first.public_key());
-    // No agent left running on the key: its socket would be in the home.
-    assert!(
-        !kdir.join(GNUPG_DIR).join("S.gpg-agent").exists(),
-        "a gpg-agent socket is left in the key's home"
-    );
+    // No agent left running: every agent of a berth session still has
+    // its session directory (a concurrent test's), none outlives it (it
+    // may take a moment to exit after being told to).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let orphans: Vec<String> = agent_homes()
+            .into_iter()
+            .filter(|h| !Path::new(h).exists())
+            .collect();
+        if orphans.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gpg-agents outlived their sessions: {orphans:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -119,4 +138,27 @@ fn a_key_directory_without_its_home_is_an_error_not_a_new_key() {
     std::fs::write(dir.path().join("repo.signing/update-key.asc"), "x").unwrap();
     let e = repository_key(&dir.path().join("repo")).unwrap_err();
     assert!(e.to_string().contains("restore"), "{e:#}");
+}
+
+/// The `--homedir` of every running gpg-agent that a berth session started.
+fn agent_homes() -> Vec<String> {
+    let mut homes = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("gpg-agent")) {
+            continue;
+        }
+        if let Some(i) = args.iter().position(|a| a == "--homedir") {
+            if let Some(h) = args.get(i + 1).filter(|h| h.starts_with("/tmp/berth-gpg-")) {
+                homes.push(h.clone());
+            }
+        }
+    }
+    homes
 }
