@@ -124,8 +124,9 @@ impl UpdateServer {
         ostree(&self.repo, &["summary", "-u"]).map(|_| ())
     }
 
-    /// Adds a signature to the summary: by the key `(GnuPG home, key id)`,
-    /// or by the repository's own key (every key in it).
+    /// Regenerates the summary signed by the key `(GnuPG home, key id)`,
+    /// or by the repository's own key (every key in it). (The ostree
+    /// command of Debian 12 cannot sign an existing summary.)
     pub fn sign_summary(&self, key: Option<(&Path, &str)>) -> Result<()> {
         let (home, ids) = match key {
             Some((home, id)) => (home.to_path_buf(), vec![id.to_string()]),
@@ -138,7 +139,7 @@ impl UpdateServer {
                 )
             }
         };
-        let mut args = vec!["summary".to_string()];
+        let mut args = vec!["summary".to_string(), "-u".to_string()];
         args.extend(ids.iter().map(|id| format!("--gpg-sign={id}")));
         args.push(format!("--gpg-homedir={}", home.display()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
