@@ -4,7 +4,10 @@
 //!
 //! The image is written under a temporary name in the output directory and
 //! renamed into place only when complete, so a failed or interrupted build
-//! never leaves a broken image where a good one was.
+//! never leaves a broken image where a good one was. Likewise the new
+//! commit is published (static delta, ref moved, summary written and
+//! signed) only once the image is complete: a build that fails offers
+//! hosts nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +22,8 @@ use crate::manifest::units::human_bytes;
 use crate::packages::{Cache, PackageRequest, PackagesError};
 use crate::progress::Progress;
 use crate::rootfs::{self, fsutil, overlay};
-use crate::{binaries, commit, container, host_config, ids, initramfs};
+use crate::signing::{KeyOrigin, Signer};
+use crate::{binaries, commit, container, host_config, ids, initramfs, signing};
 
 /// What a finished build produced, for the summary and for callers.
 #[derive(Debug, Clone)]
@@ -32,6 +36,12 @@ pub struct BuildOutput {
     pub ostree_ref: String,
     /// The commit.
     pub commit: commit::CommitResult,
+    /// What publishing it did.
+    pub published: commit::Published,
+    /// Where the signing key came from (`None`: `[update] verify = false`).
+    pub signing: Option<(KeyOrigin, Vec<String>)>,
+    /// Whether the image has an update remote (`[update]`).
+    pub has_remote: bool,
     /// Image name and version.
     pub name: String,
     /// OS version.
@@ -88,7 +98,6 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         .repo
         .clone()
         .unwrap_or_else(|| opts.output.join("repo"));
-    let gpg = signing_key(&m)?;
 
     progress.stage("fetch", "extracting packages with mmdebstrap");
     let base =
@@ -109,13 +118,25 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
 
     progress.stage("assemble", "writing Berth's files");
     // Only now: a build that fails on its inputs (a package, an image)
-    // leaves no trace, not even an empty output directory.
+    // leaves no trace, not even an empty output directory. The signer
+    // first: a manifest's key is an input too, and the repository's own
+    // key is made beside the repository by its first build.
+    let signer = signing::prepare(&m, &repo_path)?;
+    if let Some(KeyOrigin::Created(dir)) = signer.as_ref().map(|s| &s.origin) {
+        progress.note(&format!(
+            "made the repository's signing key in {}: back it up (docs/upgrades.md)",
+            dir.display()
+        ));
+    }
     std::fs::create_dir_all(&opts.output)
         .with_context(|| format!("creating {}", opts.output.display()))?;
     let work = WorkDir::create(&opts.output, &m.name)?;
     let overlay_dir = work.path.join("overlay");
     std::fs::create_dir_all(&overlay_dir)?;
     overlay::write(&overlay_dir, &m, &host, &bins, &base.info.packages)?;
+    if let Some(s) = &signer {
+        s.install_public_key(&overlay_dir)?;
+    }
     for c in &containers {
         container::write_bundle(&overlay_dir, c)?;
     }
@@ -175,23 +196,22 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         version: &m.version,
         subject: &subject,
         timestamp,
-        gpg: gpg.as_ref().map(|(id, home)| (id.as_str(), home.as_path())),
     })?;
+    if let Some(s) = &signer {
+        commit::sign(&repo_path, &committed, s)?;
+    }
 
     progress.stage("deploy", "deploying into a fresh sysroot");
     let layout = disk_layout(&m, &committed.checksum, timestamp);
     let sysroot_dir = work.path.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
     let kargs = kernel_args(&m, &layout.ids.root_part_guid);
-    let gpg_key = m
-        .update
-        .as_ref()
-        .and_then(|u| u.gpg_key.as_ref())
-        .map(|_| berth_hostapi::UPDATE_KEY_PATH);
+    let gpg_key = signer.as_ref().map(|_| berth_hostapi::UPDATE_KEY_PATH);
     let deployment = berth_sysroot::install::install(
         &sysroot_dir,
         &berth_sysroot::install::InstallSpec {
             source_repo: &repo_path,
+            commit: &committed.checksum,
             ostree_ref: &ostree_ref,
             remote: m.update.as_ref().map(|u| ("berth", u.url.as_str())),
             remote_gpg_key: gpg_key,
@@ -221,29 +241,33 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         }
         Err(e) => return Err(e).context("writing the disk image"),
     };
-    let report = match opts.format {
-        ImageFormat::Raw => {
-            raw_tmp.persist(&final_path)?;
-            report
-        }
+    let (image_file, report) = match opts.format {
+        ImageFormat::Raw => (raw_tmp, report),
         ImageFormat::Qcow2 => {
             let q = Partial::new(opts.output.join(format!(".{}.qcow2.partial", m.name)));
             disk::convert(&raw_tmp.path, &q.path, "qcow2").context("converting to qcow2")?;
-            q.persist(&final_path)?;
-            let meta = std::fs::metadata(&final_path)?;
-            disk::DiskReport {
+            let meta = std::fs::metadata(&q.path)?;
+            let report = disk::DiskReport {
                 apparent_size: meta.len(),
                 allocated_size: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
                 ..report
-            }
+            };
+            (q, report)
         }
     };
+
+    progress.stage("publish", &publish_what(&ostree_ref, signer.as_ref()));
+    let published = commit::publish(&repo_path, &ostree_ref, &committed, signer.as_ref())?;
+    image_file.persist(&final_path)?;
     drop(work);
     Ok(BuildOutput {
         image: final_path,
         repo: repo_path,
         ostree_ref,
         commit: committed,
+        published,
+        signing: signer.map(|s| (s.origin.clone(), s.key_ids().to_vec())),
+        has_remote: m.update.is_some(),
         name: m.name.clone(),
         version: m.version.clone(),
         disk: report,
@@ -348,24 +372,55 @@ fn locate_package_error(m: &Manifest, e: anyhow::Error) -> anyhow::Error {
     e
 }
 
-/// The GPG key to sign commits with, from `[update]`.
-fn signing_key(m: &Manifest) -> anyhow::Result<Option<(String, PathBuf)>> {
-    let Some(u) = &m.update else { return Ok(None) };
-    match (&u.gpg_key_id, &u.gpg_homedir) {
-        (Some(id), Some(home)) => {
-            let dir = m.base_dir().join(&home.value);
-            if !dir.is_dir() {
-                return Err(m
-                    .error_at(
-                        &home.key,
-                        &home.span,
-                        format!("{} is not a directory", dir.display()),
-                    )
-                    .into());
-            }
-            Ok(Some((id.clone(), dir)))
+/// The publish stage's progress line.
+fn publish_what(ostree_ref: &str, signer: Option<&Signer>) -> String {
+    match signer {
+        Some(s) => format!(
+            "moving {ostree_ref}, signing the summary with {}",
+            s.key_ids()
+                .iter()
+                .map(|k| short_key(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => format!("moving {ostree_ref} (unsigned: [update] verify = false)"),
+    }
+}
+
+/// The last 16 hex digits of a key id (its long key id).
+fn short_key(id: &str) -> &str {
+    &id[id.len().saturating_sub(16)..]
+}
+
+/// The summary's `signing` line: which key signs, where it lives, and
+/// what hosts check.
+pub fn signing_line(out: &BuildOutput) -> String {
+    let hosts = if out.has_remote {
+        "hosts verify commits and summary"
+    } else {
+        "no [update]: hosts of this image do not update"
+    };
+    let Some((origin, ids)) = &out.signing else {
+        return "off ([update] verify = false): commits and summary unsigned, hosts accept any update"
+            .to_string();
+    };
+    let keys = ids
+        .iter()
+        .map(|k| short_key(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match origin {
+        KeyOrigin::Created(dir) => format!(
+            "key {keys}, new, in {} (back it up: docs/upgrades.md); {hosts}",
+            dir.display()
+        ),
+        KeyOrigin::Reused(dir) => format!("key {keys} from {}; {hosts}", dir.display()),
+        KeyOrigin::Manifest(home) => {
+            format!(
+                "key {keys} from {} ([update] gpg-homedir); {hosts}",
+                home.display()
+            )
         }
-        _ => Ok(None),
     }
 }
 
@@ -472,7 +527,7 @@ fn print_summary(out: &BuildOutput, progress: &Progress, total: f64) {
         out.ostree_ref
     );
     println!(
-        "  commit     {}  parent {}{}",
+        "  commit     {}  parent {}{}{}",
         out.commit.checksum,
         out.commit
             .parent
@@ -480,12 +535,18 @@ fn print_summary(out: &BuildOutput, progress: &Progress, total: f64) {
             .map_or("none".to_string(), short),
         if out.commit.unchanged {
             ", unchanged (same tree and version: no new commit)"
-        } else if out.commit.delta {
+        } else if out.published.delta {
             ", static delta written"
+        } else {
+            ""
+        },
+        if out.commit.bumped {
+            " (dated 1 s after its parent: the build time was not later)"
         } else {
             ""
         }
     );
+    println!("  signing    {}", signing_line(out));
     println!(
         "  tree       {} (extracted {}; {} packages, {}; kernel {}, {} modules)",
         human_bytes(out.base.tree_bytes),

@@ -1,8 +1,17 @@
-//! The OSTree side of a build: commit the base tree and the overlay
-//! together into the archive repository (`ref berth/<name>/x86_64`, parent
-//! = the ref's previous commit, metadata `version`), then write a static
-//! delta from the parent and regenerate the summary, so any static HTTP
-//! server can serve the repository to hosts.
+//! The OSTree side of a build, in two steps.
+//!
+//! [`commit`] writes the base tree and the overlay together into the
+//! archive repository as a commit whose parent is the ref's current
+//! commit (metadata `version`, and `ostree.ref-binding` naming the ref so
+//! that no host takes it under another ref), and [`sign`] signs it (the
+//! image carries the signature: `ostree admin status` on a host wants
+//! it). Its objects are content-addressed and no host can find them yet:
+//! the ref does not move.
+//!
+//! [`publish`], called only when the disk image is complete, writes the
+//! static delta from the parent, moves the ref, and writes and signs the
+//! summary. So a build that fails offers hosts nothing, and any static
+//! HTTP server can serve the repository.
 
 use std::path::Path;
 
@@ -10,23 +19,38 @@ use anyhow::Context;
 use ostree::prelude::*;
 use ostree::{gio, glib};
 
+use crate::signing::Signer;
+
 /// The ref an image is committed under.
 pub fn ostree_ref(name: &str) -> String {
     format!("berth/{name}/x86_64")
 }
 
-/// A finished commit.
+/// A written commit (not yet published).
 #[derive(Debug, Clone)]
 pub struct CommitResult {
     /// Its checksum.
     pub checksum: String,
     /// The previous commit of the ref, if any.
     pub parent: Option<String>,
-    /// Whether a static delta from the parent was written.
-    pub delta: bool,
     /// The ref's commit already had this tree and version: it was kept and
     /// nothing was written (no identical "new version" for hosts).
     pub unchanged: bool,
+    /// The commit's timestamp: the build's, or one second after the
+    /// parent's when the build's is not later.
+    pub timestamp: u64,
+    /// The build's timestamp was not after the parent's: the commit got
+    /// the parent's plus one instead.
+    pub bumped: bool,
+}
+
+/// What [`publish`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Whether a static delta from the parent was written.
+    pub delta: bool,
+    /// The keys that signed the commit and the summary (none: unsigned).
+    pub signed_by: Vec<String>,
 }
 
 /// What to commit.
@@ -48,10 +72,10 @@ pub struct CommitSpec<'a> {
     pub version: &'a str,
     /// Commit subject.
     pub subject: &'a str,
-    /// Commit timestamp (unix seconds).
+    /// Commit timestamp (unix seconds); raised to one second after the
+    /// parent's if it is not later, since hosts refuse a commit that is
+    /// not newer than the one they run.
     pub timestamp: u64,
-    /// GPG key id and home directory to sign commit and summary with.
-    pub gpg: Option<(&'a str, &'a Path)>,
 }
 
 /// A directory that does not change between builds (it lives in the
@@ -83,7 +107,8 @@ pub fn open_or_create(path: &Path) -> anyhow::Result<ostree::Repo> {
     Ok(repo)
 }
 
-/// Commits `spec.trees` and moves the ref.
+/// Writes the commit of `spec`; the ref stays where it is ([`publish`]
+/// moves it).
 pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     let none = gio::Cancellable::NONE;
     let repo = open_or_create(spec.repo)?;
@@ -92,9 +117,9 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
         .with_context(|| format!("resolving {}", spec.ostree_ref))?
         .map(|s| s.to_string());
 
-    // One sync at the end instead of one per object: a build that dies
-    // midway leaves the ref where it was, and libostree cleans up its
-    // staging directory on the next transaction.
+    // One sync before the ref moves instead of one per object; libostree
+    // cleans up the staging directory of a build that died midway on the
+    // next transaction.
     repo.set_disable_fsync(true);
     repo.prepare_transaction(none)
         .context("starting an OSTree transaction")?;
@@ -139,21 +164,42 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     {
         repo.abort_transaction(none)
             .context("ending the OSTree transaction")?;
-        let grandparent = repo
+        let (grandparent, timestamp) = repo
             .load_commit(parent)
             .ok()
-            .and_then(|(commit, _)| ostree::commit_get_parent(&commit))
-            .map(|s| s.to_string());
+            .map(|(commit, _)| {
+                (
+                    ostree::commit_get_parent(&commit).map(|s| s.to_string()),
+                    ostree::commit_get_timestamp(&commit),
+                )
+            })
+            .unwrap_or((None, spec.timestamp));
         return Ok(CommitResult {
             checksum: parent.to_string(),
             parent: grandparent,
-            delta: false,
             unchanged: true,
+            timestamp,
+            bumped: false,
         });
     }
+    let parent_time = match &parent {
+        Some(p) => Some(
+            repo.load_commit(p)
+                .map(|(commit, _)| ostree::commit_get_timestamp(&commit))
+                .with_context(|| format!("reading the parent commit {p}"))?,
+        ),
+        None => None,
+    };
+    let (timestamp, bumped) = commit_time(spec.timestamp, parent_time);
     let meta = glib::VariantDict::new(None);
     meta.insert_value("version", &spec.version.to_variant());
     meta.insert_value("ostree.bootable", &true.to_variant());
+    // As `ostree commit --bind-ref` writes it: a host pulling ref R
+    // refuses a commit whose binding does not list R.
+    meta.insert_value(
+        berth_sysroot::remote::REF_BINDING,
+        &vec![spec.ostree_ref].to_variant(),
+    );
     let checksum = repo
         .write_commit_with_time(
             parent.as_deref(),
@@ -161,21 +207,62 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
             None,
             Some(&meta.end()),
             &root,
-            spec.timestamp,
+            timestamp,
             none,
         )
         .context("writing the commit")?
         .to_string();
-    repo.transaction_set_ref(None, spec.ostree_ref, Some(&checksum));
     repo.commit_transaction(none)
         .context("finishing the OSTree transaction")?;
+    Ok(CommitResult {
+        checksum,
+        parent,
+        unchanged: false,
+        timestamp,
+        bumped,
+    })
+}
 
-    if let Some((key_id, homedir)) = spec.gpg {
-        repo.sign_commit(&checksum, key_id, Some(&homedir.to_string_lossy()), none)
-            .with_context(|| format!("signing commit {checksum} with GPG key {key_id}"))?;
+/// The timestamp of a new commit: the build's, unless that is not after
+/// the parent's (a fixed SOURCE_DATE_EPOCH, a clock set back): then one
+/// second after the parent's, so every version is newer than the one
+/// before it, as hosts require. Still a function of the inputs and the
+/// parent, so reproducible builds stay reproducible.
+pub fn commit_time(build: u64, parent: Option<u64>) -> (u64, bool) {
+    match parent {
+        Some(p) if build <= p => (p.saturating_add(1), true),
+        _ => (build, false),
     }
+}
+
+/// Signs a new commit with `signer` (an unchanged one is signed already).
+pub fn sign(repo_path: &Path, committed: &CommitResult, signer: &Signer) -> anyhow::Result<()> {
+    if committed.unchanged {
+        return Ok(());
+    }
+    let repo = open_or_create(repo_path)?;
+    signer.sign_commit(&repo, &committed.checksum, committed.timestamp)
+}
+
+/// Publishes the signed `committed` under `ostree_ref`: writes the static
+/// delta from its parent (it carries the commit's signature, so after
+/// [`sign`]), flushes the repository, moves the ref, regenerates the
+/// summary and signs it with `signer`. An unchanged commit is already
+/// published.
+pub fn publish(
+    repo_path: &Path,
+    ostree_ref: &str,
+    committed: &CommitResult,
+    signer: Option<&Signer>,
+) -> anyhow::Result<Published> {
+    if committed.unchanged {
+        return Ok(Published::default());
+    }
+    let none = gio::Cancellable::NONE;
+    let repo = open_or_create(repo_path)?;
+    let checksum = committed.checksum.as_str();
     let mut delta = false;
-    if let Some(parent) = &parent {
+    if let Some(parent) = &committed.parent {
         // The parent may be gone (pruned); then hosts fetch objects.
         if repo.load_commit(parent).is_ok() {
             // No bsdiff parts: applying them with Debian 12's libostree
@@ -190,7 +277,7 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
             repo.static_delta_generate(
                 ostree::StaticDeltaGenerateOpt::Major,
                 Some(parent),
-                &checksum,
+                checksum,
                 None,
                 Some(&params),
                 none,
@@ -199,18 +286,20 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
             delta = true;
         }
     }
+    // Everything the ref will point at is on disk before the ref moves.
+    sync_repo(repo_path)?;
+    repo.set_ref_immediate(None, ostree_ref, Some(checksum), none)
+        .with_context(|| format!("moving {ostree_ref} to {checksum}"))?;
+    // Regenerating removes the old summary.sig: unsigned until signed.
     repo.regenerate_summary(None, none)
         .context("regenerating the summary")?;
-    if let Some((key_id, homedir)) = spec.gpg {
-        repo.add_gpg_signature_summary(&[key_id], Some(&homedir.to_string_lossy()), none)
-            .with_context(|| format!("signing the summary with GPG key {key_id}"))?;
+    if let Some(signer) = signer {
+        signer.sign_summary(&repo)?;
     }
-    sync_repo(spec.repo)?;
-    Ok(CommitResult {
-        checksum,
-        parent,
+    sync_repo(repo_path)?;
+    Ok(Published {
         delta,
-        unchanged: false,
+        signed_by: signer.map(|s| s.key_ids().to_vec()).unwrap_or_default(),
     })
 }
 
@@ -308,76 +397,4 @@ fn sync_repo(path: &Path) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Paths of one test repository and its inputs.
-    struct Paths {
-        base: std::path::PathBuf,
-        overlay: std::path::PathBuf,
-        repo: std::path::PathBuf,
-        roots: std::path::PathBuf,
-    }
-
-    fn spec<'a>(p: &'a Paths, version: &'a str) -> CommitSpec<'a> {
-        CommitSpec {
-            repo: &p.repo,
-            ostree_ref: "berth/test/x86_64",
-            base: CachedTree {
-                dir: &p.base,
-                roots: &p.roots,
-            },
-            containers: &[],
-            overlay: &p.overlay,
-            version,
-            subject: "test",
-            timestamp: 1_700_000_000,
-            gpg: None,
-        }
-    }
-
-    #[test]
-    fn an_unchanged_build_keeps_the_commit_and_a_change_makes_a_child() -> anyhow::Result<()> {
-        let dirs = tempfile::tempdir()?;
-        std::fs::create_dir_all(dirs.path().join("base/usr/lib"))?;
-        std::fs::write(dirs.path().join("base/usr/lib/libx.so"), "base")?;
-        std::fs::create_dir_all(dirs.path().join("overlay/usr/lib"))?;
-        std::fs::write(
-            dirs.path().join("overlay/usr/lib/os-release"),
-            "VERSION_ID=1\n",
-        )?;
-        let p = Paths {
-            base: dirs.path().join("base"),
-            overlay: dirs.path().join("overlay"),
-            repo: dirs.path().join("repo"),
-            roots: dirs.path().join("roots.json"),
-        };
-
-        let first = commit(&spec(&p, "1"))?;
-        assert!(!first.unchanged && first.parent.is_none());
-
-        let again = commit(&spec(&p, "1"))?;
-        assert!(again.unchanged, "{again:?}");
-        assert_eq!(again.checksum, first.checksum);
-        assert!(!again.delta);
-
-        std::fs::write(
-            dirs.path().join("overlay/usr/lib/os-release"),
-            "VERSION_ID=2\n",
-        )?;
-        let changed = commit(&spec(&p, "2"))?;
-        assert!(!changed.unchanged && changed.delta, "{changed:?}");
-        assert_eq!(changed.parent.as_deref(), Some(first.checksum.as_str()));
-
-        // The same tree under another version is a new commit too.
-        let renamed = commit(&spec(&p, "2.1"))?;
-        assert!(!renamed.unchanged);
-        assert_eq!(renamed.parent.as_deref(), Some(changed.checksum.as_str()));
-        // And building it again keeps it, naming its own parent.
-        let kept = commit(&spec(&p, "2.1"))?;
-        assert!(kept.unchanged);
-        assert_eq!(kept.checksum, renamed.checksum);
-        assert_eq!(kept.parent.as_deref(), Some(changed.checksum.as_str()));
-        Ok(())
-    }
-}
+mod tests;

@@ -23,3 +23,4 @@ pub mod progress;
 pub mod rootfs;
 pub mod run;
 pub mod serve;
+pub mod signing;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The stages of `berth build`, in order.
-pub const STAGES: [&str; 7] = [
+pub const STAGES: [&str; 8] = [
     "resolve",
     "fetch",
     "assemble",
@@ -16,6 +16,7 @@ pub const STAGES: [&str; 7] = [
     "commit",
     "deploy",
     "disk",
+    "publish",
 ];
 
 /// Reports stages as they run and remembers their durations.

@@ -38,6 +38,10 @@ pub enum Cmd {
         /// Deploy even a version that failed to boot on this host before.
         #[arg(long)]
         force: bool,
+        /// Accept a version older than the booted one (refused otherwise,
+        /// so a replayed old release cannot take a host back).
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Make the previous deployment the default.
     Rollback {
@@ -92,8 +96,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check,
             reboot,
             force,
+            allow_downgrade,
         } => {
-            let opts = crate::upgrade::UpgradeOpts { check, force };
+            let opts = crate::upgrade::UpgradeOpts {
+                check,
+                force,
+                allow_downgrade,
+            };
             let (outcome, code) = crate::upgrade::run(Path::new("/"), &opts)?;
             let pending = matches!(
                 outcome,
@@ -149,5 +158,14 @@ mod tests {
         let c = Cli::try_parse_from(["berthctl", "status", "--json"]).unwrap();
         assert!(matches!(c.command, Cmd::Status { json: true }));
         assert!(Cli::try_parse_from(["berthctl", "frobnicate"]).is_err());
+        let c = Cli::try_parse_from(["berthctl", "upgrade", "--allow-downgrade"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Cmd::Upgrade {
+                allow_downgrade: true,
+                force: false,
+                ..
+            }
+        ));
     }
 }

@@ -1,6 +1,8 @@
 //! `berthctl upgrade`: pull the next OS version from the update remote
 //! (a static delta when the server has one; signatures checked when the
-//! remote requires them), deploy it next to the booted one with libostree
+//! remote requires them; never older than the booted version unless
+//! `--allow-downgrade`, never another ref's commit: see
+//! `berth_sysroot::remote`), deploy it next to the booted one with libostree
 //! (which merges /etc), put its kernel and a boot entry with a boot counter
 //! on the ESP, and clean up. The booted deployment is never touched.
 
@@ -25,6 +27,8 @@ pub struct UpgradeOpts {
     pub check: bool,
     /// Deploy even a commit recorded as failed.
     pub force: bool,
+    /// Accept a commit older than the booted one.
+    pub allow_downgrade: bool,
 }
 
 /// What an upgrade did.
@@ -81,18 +85,17 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
 
     // Pull (or, with --check, only the commit object).
     let progress = ostree::AsyncProgress::new();
-    let pull_opts = glib::VariantDict::new(None);
-    pull_opts.insert_value("refs", &[branch].to_variant());
-    let flags = if opts.check {
-        ostree::RepoPullFlags::COMMIT_ONLY
-    } else {
-        ostree::RepoPullFlags::NONE
+    let booted_commit = booted.csum();
+    let pull_opts = berth_sysroot::remote::Pull {
+        branch,
+        booted: booted_commit.as_str(),
+        allow_downgrade: opts.allow_downgrade,
+        commit_only: opts.check,
     };
-    pull_opts.insert_value("flags", &(flags.bits() as i32).to_variant());
     eprintln!("berthctl: fetching {branch} from {remote}");
     repo.pull_with_options(
         remote,
-        &pull_opts.end(),
+        &pull_opts.options(),
         Some(&progress),
         gio::Cancellable::NONE,
     )
@@ -139,10 +142,15 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         return Ok((Outcome::Available(new, version), ExitCode::SUCCESS));
     }
     if let Some(d) = deployed {
-        finish_deployment(&host, &d, opts.force)?;
+        let on_trial = finish_deployment(&host, &d, opts.force)?;
         println!(
-            "berthctl: deployed {version} ({}): its deployment was already there; it boots next, on trial",
-            short(&new)
+            "berthctl: deployed {version} ({}): its deployment was already there; it boots next{}",
+            short(&new),
+            if on_trial {
+                ", on trial"
+            } else {
+                " (it was blessed before)"
+            }
         );
         return Ok((
             Outcome::Deployed {
@@ -230,13 +238,15 @@ fn refuse_on_trial(host: &Host) -> anyhow::Result<()> {
 }
 
 /// Makes an existing, not booted deployment the default with a whole boot
-/// entry on trial: what an upgrade cut short (or a boot check that made
-/// the booted one the default again) left undone.
+/// entry: what an upgrade cut short (or a boot check that made the booted
+/// one the default again) left undone. A new entry is on trial; one that
+/// was blessed before (the rollback deployment) keeps its name. Returns
+/// whether the deployment boots on trial.
 fn finish_deployment(
     host: &Host,
     d: &berth_sysroot::DeploymentInfo,
     force: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let esp = host.esp();
     if force {
         // A forced retry of a version that ran out of tries gets new tries.
@@ -272,7 +282,10 @@ fn finish_deployment(
     host.sysroot
         .cleanup(gio::Cancellable::NONE)
         .context("removing old deployments and unused objects")?;
-    Ok(())
+    let entries = berth_sysroot::esp_state::entry_names(&esp);
+    Ok(entries
+        .get(&d.id())
+        .is_some_and(|n| n.assessment() == berth_sysroot::bls::Assessment::Trial))
 }
 
 /// The kernel arguments of a new deployment of `commit`: the booted

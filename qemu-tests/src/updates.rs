@@ -1,7 +1,10 @@
 //! Update servers for upgrade tests: a copy of a test image's OSTree
-//! repository, new versions built on top of it (so they get a parent and
-//! a static delta), served over HTTP by `berth serve` on a free port that
-//! the guest reaches as 10.0.2.100:8080 (a QEMU guest forward).
+//! repository and of its signing key (kept beside it), new versions built
+//! on top of it (so they get a parent, a static delta and the same key),
+//! served over HTTP by `berth serve` on a free port that the guest reaches
+//! as 10.0.2.100:8080 (a QEMU guest forward). Tests can also play a
+//! hostile server: point a ref anywhere and write the summary signed or
+//! not.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -31,8 +34,8 @@ pub struct UpdateServer {
 }
 
 impl UpdateServer {
-    /// Copies the repository next to `image` (a fixture's `repo/`) and
-    /// serves it.
+    /// Copies the repository next to `image` (a fixture's `repo/`), and
+    /// its key directory when it has one, and serves the repository.
     pub fn start(image: &Path) -> Result<UpdateServer> {
         let dir = tempfile::tempdir().map_err(Error::io("creating the update directory"))?;
         let repo = dir.path().join("repo");
@@ -40,14 +43,10 @@ impl UpdateServer {
             .parent()
             .map(|p| p.join("repo"))
             .ok_or_else(|| Error::Setup("the image has no directory".into()))?;
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(&source)
-            .arg(&repo)
-            .status()
-            .map_err(Error::io("copying the repository"))?;
-        if !status.success() {
-            return Err(Error::Setup(format!("cp -a {} failed", source.display())));
+        copy_dir(&source, &repo)?;
+        let key = key_dir(&source)?;
+        if key.is_dir() {
+            copy_dir(&key, &key_dir(&repo)?)?;
         }
         let port = free_port()?;
         let log = dir.path().join("serve.log");
@@ -108,6 +107,51 @@ impl UpdateServer {
         Ok(text)
     }
 
+    /// The commit `ostree_ref` points at in the served repository.
+    pub fn rev(&self, ostree_ref: &str) -> Result<String> {
+        let out = ostree(&self.repo, &["rev-parse", ostree_ref])?;
+        Ok(out.trim().to_string())
+    }
+
+    /// Does what a hostile or broken server could: points `ostree_ref` at
+    /// `commit` (any commit in the repository) and regenerates the summary,
+    /// unsigned ([`UpdateServer::sign_summary`] signs it).
+    pub fn point_ref(&self, ostree_ref: &str, commit: &str) -> Result<()> {
+        ostree(
+            &self.repo,
+            &["refs", "--force", &format!("--create={ostree_ref}"), commit],
+        )?;
+        ostree(&self.repo, &["summary", "-u"]).map(|_| ())
+    }
+
+    /// Regenerates the summary signed by the key `(GnuPG home, key id)`,
+    /// or by the repository's own key (every key in it). (The ostree
+    /// command of Debian 12 cannot sign an existing summary.)
+    pub fn sign_summary(&self, key: Option<(&Path, &str)>) -> Result<()> {
+        let (home, ids) = match key {
+            Some((home, id)) => (home.to_path_buf(), vec![id.to_string()]),
+            None => {
+                let signer = berth::signing::repository_key(&self.repo)
+                    .map_err(|e| Error::Setup(format!("the repository's key: {e:#}")))?;
+                (
+                    key_dir(&self.repo)?.join(berth::signing::GNUPG_DIR),
+                    signer.key_ids().to_vec(),
+                )
+            }
+        };
+        let mut args = vec!["summary".to_string(), "-u".to_string()];
+        args.extend(ids.iter().map(|id| format!("--gpg-sign={id}")));
+        args.push(format!("--gpg-homedir={}", home.display()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let result = ostree(&self.repo, &args);
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--kill", "gpg-agent"])
+            .status();
+        result.map(|_| ())
+    }
+
     /// The requests served so far, one line each (`GET /path 200`).
     pub fn requests(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -127,6 +171,41 @@ impl Drop for UpdateServer {
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
+}
+
+/// A repository's key directory, as `berth build` names it.
+fn key_dir(repo: &Path) -> Result<PathBuf> {
+    berth::signing::key_dir(repo).map_err(|e| Error::Setup(format!("{e:#}")))
+}
+
+/// `cp -a source dest`.
+fn copy_dir(source: &Path, dest: &Path) -> Result<()> {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(source)
+        .arg(dest)
+        .status()
+        .map_err(Error::io("copying a directory"))?;
+    if !status.success() {
+        return Err(Error::Setup(format!("cp -a {} failed", source.display())));
+    }
+    Ok(())
+}
+
+/// Runs the `ostree` command on `repo`; its stdout.
+fn ostree(repo: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(args)
+        .output()
+        .map_err(Error::io("running ostree"))?;
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "ostree {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now (for an

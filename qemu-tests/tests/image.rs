@@ -3,7 +3,9 @@
 //! it), the root (e2fsck), the OSTree repositories (ostree fsck on the
 //! build's archive repo and on the image's own), and the sysroot as
 //! `ostree admin status` sees it. Plus: two builds with the same
-//! SOURCE_DATE_EPOCH give the same bytes.
+//! SOURCE_DATE_EPOCH (and signing key) give the same bytes; the signing
+//! key is made once per repository, and an image built with `verify =
+//! false` has none; a build that fails after its commit publishes nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -200,6 +202,15 @@ fn same_inputs_give_the_same_image_bytes() {
     let mut sums = Vec::new();
     for n in ["a", "b"] {
         let out = dir.path().join(n);
+        if n == "b" {
+            // The repository's signing key is an input too (its public half
+            // is in the image): b's repository gets a's.
+            std::fs::create_dir_all(&out).unwrap();
+            run(Command::new("cp")
+                .arg("-a")
+                .arg(dir.path().join("a/repo.signing"))
+                .arg(out.join("repo.signing")));
+        }
         run(Command::new(fixture::berth_bin())
             .arg("build")
             .arg(&manifest)
@@ -211,4 +222,199 @@ fn same_inputs_give_the_same_image_bytes() {
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
     assert_eq!(sums[0], sums[1], "two builds of the same inputs differ");
+}
+
+/// `manifests/minimal.toml` with another version and disk size, and
+/// `extra` after its `[update] url`, written into `dir`.
+fn minimal_variant(dir: &Path, version: &str, size: &str, extra: &str) -> PathBuf {
+    let text =
+        std::fs::read_to_string(fixture::workspace_root().join("manifests/minimal.toml")).unwrap();
+    let url = "url = \"http://10.0.2.2:8080\"";
+    assert!(text.contains(url) && text.contains("size = \"1G\""));
+    let text = text
+        .replace("version = \"1.0.0\"", &format!("version = \"{version}\""))
+        .replace("size = \"1G\"", &format!("size = \"{size}\""))
+        .replace(url, &format!("{url}\n{extra}"));
+    let path = dir.join(format!("minimal-{version}-{size}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `berth build MANIFEST --output OUT`: exit code and all its output.
+fn build(manifest: &Path, out: &Path) -> (i32, String) {
+    let o = Command::new(fixture::berth_bin())
+        .arg("build")
+        .arg(manifest)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code().unwrap_or(-1), text)
+}
+
+/// Every file under `out` as (path, size, mtime, contents of small
+/// files), but the repository's objects and scratch space (the objects of
+/// an unpublished commit may stay: content-addressed, unreferenced) and
+/// GnuPG's own files.
+fn snapshot(out: &Path) -> Vec<(PathBuf, u64, i128, Option<Vec<u8>>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    let mut stack = vec![out.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(out).unwrap().to_path_buf();
+            // GnuPG keeps its own bookkeeping in its home (trust database,
+            // random seed); the key itself is compared through the public
+            // key file beside it.
+            if [
+                "repo/objects",
+                "repo/tmp",
+                "repo/state",
+                "repo.signing/gnupg",
+            ]
+            .iter()
+            .any(|p| rel.starts_with(p))
+            {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            if md.is_dir() {
+                stack.push(path.clone());
+            }
+            let mtime = i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec());
+            let contents =
+                (md.is_file() && md.len() < 1 << 20).then(|| std::fs::read(&path).unwrap());
+            files.push((rel, md.len(), mtime, contents));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The image's own /ostree/repo/config (its update remote), read from the
+/// root partition without mounting it.
+fn image_repo_config(img: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.img");
+    extract(img, partition(img, 2), &root);
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg("cat /ostree/repo/config")
+        .arg(&root))
+}
+
+#[test]
+fn a_build_that_fails_after_its_commit_publishes_nothing() {
+    let _ = minimal(); // the package tree, cached
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (code, first) = build(&minimal_variant(dir.path(), "1.0.0", "1G", ""), &out);
+    assert_eq!(code, 0, "{first}");
+    assert!(
+        first.contains("signing    key") && first.contains(", new, in"),
+        "{first}"
+    );
+    let key_dir = out.join("repo.signing");
+    assert!(
+        key_dir.join("gnupg").is_dir(),
+        "no key beside the repository"
+    );
+    assert!(out.join("repo/summary.sig").is_file());
+    let config = image_repo_config(&out.join("minimal.raw"));
+    for want in [
+        "gpg-verify=true",
+        "gpg-verify-summary=true",
+        "gpgkeypath=/usr/lib/berth/update-key.asc",
+    ] {
+        assert!(config.contains(want), "{want} missing from\n{config}");
+    }
+    let before = snapshot(&out);
+
+    // Version 2 on a disk too small for it: committed, then the disk
+    // stage fails. Hosts must not be offered it.
+    let (code, failed) = build(&minimal_variant(dir.path(), "2.0.0", "200M", ""), &out);
+    assert_eq!(code, 2, "{failed}");
+    assert!(
+        failed.contains("disk.size") && failed.contains("make the disk larger"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("[5/8] commit    done"),
+        "it failed before its commit:\n{failed}"
+    );
+    let after = snapshot(&out);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|f| !before.contains(f))
+        .chain(before.iter().filter(|f| !after.contains(f)))
+        .map(|f| f.0.display().to_string())
+        .collect();
+    assert!(changed.is_empty(), "the failed build changed {changed:?}");
+
+    // The same version on a good disk: published, signed by the same key.
+    let (code, second) = build(&minimal_variant(dir.path(), "2.0.0", "1G", ""), &out);
+    assert_eq!(code, 0, "{second}");
+    let key_line = |t: &str| {
+        t.lines()
+            .find(|l| l.trim_start().starts_with("signing"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(|k| k.trim_end_matches([',', ';']).to_string())
+    };
+    assert!(
+        second.contains(&format!("from {}", key_dir.display())),
+        "{second}"
+    );
+    assert_eq!(key_line(&second), key_line(&first), "{first}\n{second}");
+    let log = run(Command::new("ostree")
+        .arg(format!("--repo={}", out.join("repo").display()))
+        .args(["log", "berth/minimal/x86_64"]));
+    assert!(
+        log.contains("Version: 2.0.0") && log.contains("Version: 1.0.0"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_image_built_with_verify_false_has_no_key_and_says_so() {
+    let _ = minimal();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (code, text) = build(
+        &minimal_variant(dir.path(), "1.0.0", "1G", "verify = false"),
+        &out,
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("signing    off ([update] verify = false)"),
+        "{text}"
+    );
+    assert!(!out.join("repo.signing").exists(), "a key was made");
+    assert!(!out.join("repo/summary.sig").exists());
+    let repo = format!("--repo={}", out.join("repo").display());
+    let show = run(Command::new("ostree")
+        .arg(&repo)
+        .args(["show", "berth/minimal/x86_64"]));
+    assert!(!show.contains("signature"), "{show}");
+    let ls = Command::new("ostree")
+        .arg(&repo)
+        .args([
+            "ls",
+            "berth/minimal/x86_64",
+            "/usr/lib/berth/update-key.asc",
+        ])
+        .output()
+        .unwrap();
+    assert!(!ls.status.success(), "the image carries a key");
+    let config = image_repo_config(&out.join("minimal.raw"));
+    assert!(
+        config.contains("gpg-verify=false") && !config.contains("gpgkeypath"),
+        "{config}"
+    );
 }

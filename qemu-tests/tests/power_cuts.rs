@@ -227,7 +227,11 @@ where
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().is_err()).filter(|&p| p).count()
+        workers
+            .into_iter()
+            .map(|w| w.join().is_err())
+            .filter(|&p| p)
+            .count()
     });
     assert_eq!(panicked, 0, "{panicked} trial worker(s) failed (see above)");
     results

@@ -3,13 +3,17 @@
 //! version with /var and an admin's /etc edit kept; roll back by hand; a
 //! new version that never gets ready, one whose kernel panics, and one
 //! whose PID 1 hangs (reset by the watchdog), all undone by systemd-boot's
-//! boot counting with no one touching the host. Power cuts during an
-//! upgrade are in power_cuts.rs.
+//! boot counting with no one touching the host. And what a host refuses
+//! from its update server: unsigned or wrongly signed commits, an unsigned
+//! summary, an older version, another image's commit. Power cuts during
+//! an upgrade are in power_cuts.rs.
 
 use std::path::Path;
 use std::time::Duration;
 
-use berth_qemu_tests::{READY_TIMEOUT, UpdateServer, Vm, VmOptions, image, skip_unless_qemu};
+use berth_qemu_tests::{
+    READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu,
+};
 
 const SHELL: Duration = Duration::from_secs(60);
 /// A pull and deploy under TCG, with the ESP write.
@@ -321,19 +325,21 @@ fn gpg_key(home: &Path, name: &str) -> String {
     fpr
 }
 
+/// A manifest whose hosts trust key a; signed by `signer` (GnuPG home,
+/// key id), or not at all (`verify = false`).
 fn signed_manifest(
     dir: &Path,
     file: &str,
     version: &str,
     signer: Option<(&str, &str)>,
 ) -> std::path::PathBuf {
-    let sign = signer.map_or(String::new(), |(home, fpr)| {
-        format!("gpg-homedir = \"{home}\"\ngpg-key-id = \"{fpr}\"\n")
+    let sign = signer.map_or("verify = false\n".to_string(), |(home, fpr)| {
+        format!("gpg-key = \"a.pub.asc\"\ngpg-homedir = \"{home}\"\ngpg-key-id = \"{fpr}\"\n")
     });
     let text = format!(
         "name = \"signed\"\nversion = \"{version}\"\n[source]\npackages = [\"busybox-static\"]\n\
          [host]\ndebug-shell = true\n[network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\ngateway = \"10.0.2.2\"\n\
-         [update]\nurl = \"http://10.0.2.100:8080\"\ngpg-key = \"a.pub.asc\"\n{sign}"
+         [update]\nurl = \"http://10.0.2.100:8080\"\n{sign}"
     );
     let path = dir.join(file);
     std::fs::write(&path, text).unwrap();
@@ -381,6 +387,10 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
         server
             .publish(&signed_manifest(d, file, version, signer))
             .unwrap();
+        // The summary gets key a's signature too: what is refused here is
+        // the commit itself (an unsigned summary is refused on its own,
+        // see the test below).
+        server.sign_summary(Some((&d.join("a"), &key_a))).unwrap();
         let (code, out) = vm.run_shell("berthctl upgrade", UPGRADE).unwrap();
         assert_ne!(code, 0, "a commit {why} was accepted:\n{out}");
         assert!(
@@ -412,4 +422,120 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
             .args(["--kill", "gpg-agent"])
             .status();
     }
+}
+
+/// The deployments as (commit, serial, role), to show nothing changed.
+fn deployments(vm: &mut Vm) -> Vec<(String, i64, String)> {
+    let st = status(vm);
+    st["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["commit"].as_str().unwrap_or_default().to_string(),
+                d["serial"].as_i64().unwrap_or(-1),
+                d["role"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `berthctl upgrade ARGS`, which must fail saying `why`, and checks
+/// that nothing was deployed.
+fn refused(vm: &mut Vm, args: &str, why: &str) {
+    let before = deployments(vm);
+    let (code, out) = vm
+        .run_shell(&format!("berthctl upgrade {args}"), UPGRADE)
+        .unwrap();
+    assert_ne!(code, 0, "accepted (expected: {why}):\n{out}");
+    assert!(out.contains(why), "refused, but not for {why:?}:\n{out}");
+    assert_eq!(deployments(vm), before, "something was deployed: {out}");
+}
+
+/// A host whose manifest says nothing about keys (the key `berth build`
+/// made for the repository signs), on v2, offered by its server: the
+/// signed v1 again, a newer commit of another image signed by the same
+/// key, and an unsigned summary. It refuses all three and deploys
+/// nothing; `--allow-downgrade` then takes it back to v1.
+#[test]
+fn a_host_refuses_downgrades_other_images_and_unsigned_summaries() {
+    skip_unless_qemu!();
+    let v1 = image(Path::new("qemu-tests/manifests/upgrade-v1.toml"));
+    let server = UpdateServer::start(&v1).unwrap();
+    let reference = "berth/upgrade/x86_64";
+    let v1_commit = server.rev(reference).unwrap();
+    let built = server
+        .publish(Path::new("qemu-tests/manifests/upgrade-v2.toml"))
+        .unwrap();
+    assert!(
+        built.contains("signing    key") && !built.contains(", new,"),
+        "v2 was not signed by v1's key:\n{built}"
+    );
+    // Another image, built into the same repository with the same key.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.toml");
+    let v2_text = std::fs::read_to_string(
+        fixture::workspace_root().join("qemu-tests/manifests/upgrade-v2.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        &other,
+        v2_text
+            .replace("name = \"upgrade\"", "name = \"other\"")
+            .replace("version = \"2.0.0\"", "version = \"9.0.0\""),
+    )
+    .unwrap();
+    server.publish(&other).unwrap();
+    let other_commit = server.rev("berth/other/x86_64").unwrap();
+    let v2_commit = server.rev(reference).unwrap();
+
+    let mut vm = Vm::boot(&v1, options(&server)).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=1.0.0",
+        READY_TIMEOUT,
+    )
+    .unwrap();
+    vm.send_line("berthctl upgrade --reboot").unwrap();
+    vm.wait_for("it boots next, on trial", UPGRADE).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=upgrade version=2.0.0",
+        READY_TIMEOUT * 2,
+    )
+    .unwrap();
+    let st = status(&mut vm);
+    assert_eq!(
+        role(&st, "booted").unwrap()["commit"],
+        v2_commit.as_str(),
+        "{st}"
+    );
+
+    // (a) The ref moved back to the signed v1, the summary signed.
+    server.point_ref(reference, &v1_commit).unwrap();
+    server.sign_summary(None).unwrap();
+    refused(&mut vm, "", "chronologically older");
+    // (b) The ref on a newer commit of another image, signed by the same
+    // key; --allow-downgrade so that only the ref binding can refuse it.
+    server.point_ref(reference, &other_commit).unwrap();
+    server.sign_summary(None).unwrap();
+    refused(&mut vm, "--allow-downgrade", "ref binding");
+    // (c) v1 again, but the summary is not signed.
+    server.point_ref(reference, &v1_commit).unwrap();
+    refused(&mut vm, "--allow-downgrade", "summary.sig");
+
+    // Signed, and asked for: the way back.
+    server.sign_summary(None).unwrap();
+    let out = sh(&mut vm, "berthctl upgrade --allow-downgrade");
+    assert!(out.contains("deployed 1.0.0"), "{out}");
+    let st = status(&mut vm);
+    assert_eq!(
+        role(&st, "pending").unwrap()["commit"],
+        v1_commit.as_str(),
+        "{st}"
+    );
+    assert_eq!(
+        role(&st, "booted").unwrap()["commit"],
+        v2_commit.as_str(),
+        "{st}"
+    );
 }

@@ -16,14 +16,18 @@ use crate::deployment::{DeploymentInfo, STATEROOT, describe};
 pub struct InstallSpec<'a> {
     /// The archive repository holding the commit.
     pub source_repo: &'a Path,
-    /// Ref to pull, e.g. `berth/minimal/x86_64`.
+    /// The commit to deploy.
+    pub commit: &'a str,
+    /// Its ref, e.g. `berth/minimal/x86_64`: the deployment's origin, and
+    /// the ref the image's repository records for it.
     pub ostree_ref: &'a str,
     /// The host's OSTree remote (name, URL), written to the image's repo so
     /// `berthctl upgrade` knows where to pull from; the deployment's origin
     /// then names `remote:ref`.
     pub remote: Option<(&'a str, &'a str)>,
     /// Where the OS tree holds the ASCII-armored public key the remote's
-    /// commits must be signed by (an absolute path on the host).
+    /// commits and summary must be signed by (an absolute path on the
+    /// host); `None`: the remote accepts unsigned updates.
     pub remote_gpg_key: Option<&'a str>,
     /// Kernel arguments of the deployment (without `ostree=`).
     pub kargs: &'a [String],
@@ -46,17 +50,16 @@ pub fn install(root: &Path, spec: &InstallSpec) -> Result<DeploymentInfo, Sysroo
 
     let repo = sysroot.repo();
     configure_repo(&repo)?;
-    pull_local(&repo, spec.source_repo, spec.ostree_ref)?;
-    let commit = repo
-        .resolve_rev(spec.ostree_ref, false)
-        .map_err(|e| SysrootError::ostree(format!("resolving {}", spec.ostree_ref), e))?
-        .ok_or_else(|| SysrootError::Layout(format!("{} did not arrive", spec.ostree_ref)))?;
+    pull_local(&repo, spec.source_repo, spec.commit)?;
+    let commit = spec.commit;
+    repo.set_ref_immediate(None, spec.ostree_ref, Some(commit), none)
+        .map_err(|e| SysrootError::ostree(format!("setting {}", spec.ostree_ref), e))?;
 
     let refspec = match spec.remote {
         Some((name, url)) => {
-            add_remote(&repo, name, url, spec.remote_gpg_key)?;
+            crate::remote::add(&repo, name, url, spec.remote_gpg_key)?;
             // Record the ref under the remote too, as a pull from it would.
-            repo.set_ref_immediate(Some(name), spec.ostree_ref, Some(&commit), none)
+            repo.set_ref_immediate(Some(name), spec.ostree_ref, Some(commit), none)
                 .map_err(|e| SysrootError::ostree("setting the remote ref", e))?;
             format!("{name}:{}", spec.ostree_ref)
         }
@@ -71,7 +74,7 @@ pub fn install(root: &Path, spec: &InstallSpec) -> Result<DeploymentInfo, Sysroo
     let deployment = sysroot
         .deploy_tree_with_options(
             Some(STATEROOT),
-            &commit,
+            commit,
             Some(&origin),
             None,
             Some(&opts),
@@ -109,40 +112,16 @@ fn configure_repo(repo: &ostree::Repo) -> Result<(), SysrootError> {
         .map_err(|e| SysrootError::ostree("writing the sysroot repo config", e))
 }
 
-/// Pulls `ostree_ref` from the repo at `source` (like `ostree pull-local`).
-pub fn pull_local(
-    repo: &ostree::Repo,
-    source: &Path,
-    ostree_ref: &str,
-) -> Result<(), SysrootError> {
+/// Pulls `rev` (a ref or a commit checksum) from the repo at `source`
+/// (like `ostree pull-local`).
+pub fn pull_local(repo: &ostree::Repo, source: &Path, rev: &str) -> Result<(), SysrootError> {
     let source = source
         .canonicalize()
         .map_err(|e| SysrootError::io(format!("resolving {}", source.display()), e))?;
     let opts = glib::VariantDict::new(None);
-    opts.insert_value("refs", &[ostree_ref].to_variant());
+    opts.insert_value("refs", &[rev].to_variant());
     opts.insert_value("depth", &0i32.to_variant());
     let url = format!("file://{}", source.display());
     repo.pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
-        .map_err(|e| {
-            SysrootError::ostree(format!("pulling {ostree_ref} from {}", source.display()), e)
-        })
-}
-
-/// Adds the update remote. With a key, commits must be signed by it:
-/// `gpgkeypath` names the ASCII-armored key file inside the OS tree, so a
-/// new OS version can also bring a new key.
-fn add_remote(
-    repo: &ostree::Repo,
-    name: &str,
-    url: &str,
-    gpg_key_in_tree: Option<&str>,
-) -> Result<(), SysrootError> {
-    let opts = glib::VariantDict::new(None);
-    opts.insert_value("gpg-verify", &gpg_key_in_tree.is_some().to_variant());
-    opts.insert_value("gpg-verify-summary", &false.to_variant());
-    if let Some(path) = gpg_key_in_tree {
-        opts.insert_value("gpgkeypath", &path.to_variant());
-    }
-    repo.remote_add(name, Some(url), Some(&opts.end()), gio::Cancellable::NONE)
-        .map_err(|e| SysrootError::ostree(format!("adding remote {name} ({url})"), e))
+        .map_err(|e| SysrootError::ostree(format!("pulling {rev} from {}", source.display()), e))
 }

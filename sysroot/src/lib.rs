@@ -19,6 +19,7 @@ pub mod esp_state;
 pub mod esp_sync;
 pub mod fault;
 pub mod install;
+pub mod remote;
 
 pub use deployment::{DeploymentInfo, STATEROOT};
 

@@ -205,12 +205,43 @@ pub enum ContainerNetwork {
 pub struct Update {
     /// Base URL of the OSTree archive repository.
     pub url: String,
+    /// Which key signs what the build publishes and hosts trust.
+    pub trust: UpdateTrust,
+}
+
+/// Who vouches for the updates of an image. Signed is the default: a
+/// host must never take a commit from an unauthenticated network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateTrust {
+    /// No key in the manifest: the repository's own key, which `berth
+    /// build` creates beside the repository on its first build.
+    RepositoryKey,
+    /// `gpg-key`, `gpg-homedir` and `gpg-key-id`: a key kept elsewhere.
+    Manifest(ManifestKey),
+    /// `verify = false`: nothing is signed and hosts accept any commit.
+    Off(Located<bool>),
+}
+
+/// A signing key the manifest names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestKey {
     /// ASCII-armored public key file (relative to the manifest) hosts verify with.
-    pub gpg_key: Option<Located<PathBuf>>,
+    pub public: Located<PathBuf>,
     /// GnuPG home holding the secret key `berth build` signs with.
-    pub gpg_homedir: Option<Located<PathBuf>>,
-    /// The key id to sign with.
-    pub gpg_key_id: Option<String>,
+    pub homedir: Located<PathBuf>,
+    /// The key id or fingerprint to sign with.
+    pub key_id: Located<String>,
+}
+
+impl Manifest {
+    /// How this image's updates are signed. An image without `[update]`
+    /// has no remote, but its repository is signed all the same (its
+    /// commits may be served to hosts of another image).
+    pub fn trust(&self) -> UpdateTrust {
+        self.update
+            .as_ref()
+            .map_or(UpdateTrust::RepositoryKey, |u| u.trust.clone())
+    }
 }
 
 /// Default image size when `[disk] size` is not given.

@@ -158,6 +158,7 @@ pub struct RawContainer {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawUpdate {
     pub url: Spanned<String>,
+    pub verify: Option<Spanned<bool>>,
     pub gpg_key: Option<Spanned<String>>,
     pub gpg_homedir: Option<Spanned<String>>,
     pub gpg_key_id: Option<Spanned<String>>,

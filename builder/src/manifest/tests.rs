@@ -341,3 +341,79 @@ fn line_col_counts_from_one() {
     assert_eq!(line_col("ab\ncd", 0), (1, 1));
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
 }
+
+const UPDATE: &str = "name = \"x\"\nversion = \"1\"\n[update]\nurl = \"http://u.example\"\n";
+
+#[test]
+fn updates_are_signed_by_the_repository_key_unless_told_otherwise() {
+    let m = parse(UPDATE).unwrap();
+    assert_eq!(m.trust(), UpdateTrust::RepositoryKey);
+    let m = parse(&format!("{UPDATE}verify = true\n")).unwrap();
+    assert_eq!(m.trust(), UpdateTrust::RepositoryKey);
+    // No [update] at all: the repository is signed all the same.
+    let m = parse("name = \"x\"\nversion = \"1\"\n").unwrap();
+    assert_eq!(m.trust(), UpdateTrust::RepositoryKey);
+    let m = parse(&format!("{UPDATE}verify = false\n")).unwrap();
+    assert!(
+        matches!(m.trust(), UpdateTrust::Off(ref v) if v.key == "update.verify"),
+        "{:?}",
+        m.trust()
+    );
+    let m = parse(&format!(
+        "{UPDATE}gpg-key = \"k.asc\"\ngpg-homedir = \"gnupg\"\ngpg-key-id = \"0xB0A5C0DE12345678\"\n"
+    ))
+    .unwrap();
+    let UpdateTrust::Manifest(k) = m.trust() else {
+        panic!("{:?}", m.trust())
+    };
+    assert_eq!(k.public.value, Path::new("k.asc"));
+    assert_eq!(k.key_id.value, "0xB0A5C0DE12345678");
+}
+
+#[test]
+fn a_partial_gpg_configuration_names_what_is_missing() {
+    let e = err(&format!("{UPDATE}gpg-key-id = \"B0A5C0DE12345678\"\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("update.gpg-key-id", Some((5, 14))),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .starts_with("needs update.gpg-key and update.gpg-homedir too"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{UPDATE}gpg-key = \"k.asc\"\ngpg-homedir = \"gnupg\"\n"
+    ));
+    assert_eq!(e.key, "update.gpg-key", "{e}");
+    assert!(e.message.starts_with("needs update.gpg-key-id too"), "{e}");
+    assert!(
+        e.to_string().starts_with("m.toml:5:11: update.gpg-key: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn verify_false_with_a_key_is_a_contradiction() {
+    let e = err(&format!(
+        "{UPDATE}verify = false\ngpg-homedir = \"gnupg\"\n"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("update.gpg-homedir", Some((6, 15))),
+        "{e}"
+    );
+    assert!(e.message.contains("update.verify = false"), "{e}");
+    let e = err(&format!("{UPDATE}verify = \"no\"\n"));
+    assert_eq!(e.key, "update.verify", "{e}");
+}
+
+#[test]
+fn gpg_key_ids_are_hex() {
+    let e = err(&format!(
+        "{UPDATE}gpg-key = \"k.asc\"\ngpg-homedir = \"gnupg\"\ngpg-key-id = \"me@example.com\"\n"
+    ));
+    assert_eq!(e.key, "update.gpg-key-id", "{e}");
+    assert!(e.message.contains("not a GPG key id"), "{e}");
+}

@@ -13,7 +13,7 @@ use super::schema::{RawManifest, RawNetwork};
 use super::units::{parse_duration_ms, parse_size};
 use super::{
     DEFAULT_DISK_SIZE, DEFAULT_ESP_SIZE, Disk, Host, Kernel, Located, Manifest, ManifestError,
-    Source, Update, line_col,
+    Source, Update, UpdateTrust, line_col,
 };
 
 /// Collects errors against one manifest text.
@@ -123,14 +123,7 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         }
     }
     let update = match raw.update {
-        Some(u) => Some(Update {
-            url: check_url(c, "update.url", u.url)?,
-            gpg_key: u.gpg_key.map(|k| c.located("update.gpg-key", k).map_path()),
-            gpg_homedir: u
-                .gpg_homedir
-                .map(|k| c.located("update.gpg-homedir", k).map_path()),
-            gpg_key_id: u.gpg_key_id.map(Spanned::into_inner),
-        }),
+        Some(u) => Some(check_update(c, u)?),
         None => None,
     };
     let ssh = match raw.ssh {
@@ -173,6 +166,99 @@ impl Located<String> {
             span: self.span,
         }
     }
+}
+
+/// `[update]`: the URL, and who signs. The three `gpg-*` keys go
+/// together (a public key with nothing to sign with would publish commits
+/// every host refuses; a signer without the public key gives hosts nothing
+/// to check with), and `verify = false` excludes them all.
+fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, ManifestError> {
+    let url = check_url(c, "update.url", u.url)?;
+    let public = u.gpg_key.map(|k| c.located("update.gpg-key", k).map_path());
+    let homedir = u
+        .gpg_homedir
+        .map(|k| c.located("update.gpg-homedir", k).map_path());
+    let key_id = u.gpg_key_id.map(|k| c.located("update.gpg-key-id", k));
+    let given: Vec<(&str, Range<usize>)> = [
+        public.as_ref().map(|k| ("update.gpg-key", k.span.clone())),
+        homedir
+            .as_ref()
+            .map(|k| ("update.gpg-homedir", k.span.clone())),
+        key_id
+            .as_ref()
+            .map(|k| ("update.gpg-key-id", k.span.clone())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let verify = u.verify.map(|v| c.located("update.verify", v));
+    if let Some(v) = verify.as_ref().filter(|v| !v.value) {
+        if let Some((key, span)) = given.first() {
+            return Err(c.err(
+                key,
+                span,
+                "contradicts update.verify = false (nothing is signed then): remove one of them",
+            ));
+        }
+        return Ok(Update {
+            url,
+            trust: UpdateTrust::Off(v.clone()),
+        });
+    }
+    let (public, homedir, key_id) = match (public, homedir, key_id) {
+        (None, None, None) => {
+            return Ok(Update {
+                url,
+                trust: UpdateTrust::RepositoryKey,
+            });
+        }
+        (Some(p), Some(h), Some(k)) => (p, h, k),
+        (p, h, k) => {
+            let missing: Vec<&str> = [
+                p.is_none().then_some("update.gpg-key"),
+                h.is_none().then_some("update.gpg-homedir"),
+                k.is_none().then_some("update.gpg-key-id"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let (key, span) = &given[0];
+            return Err(c.err(
+                key,
+                span,
+                format!(
+                    "needs {} too: gpg-key (the public key hosts trust), gpg-homedir and gpg-key-id \
+                     (the secret key that signs) go together; leave all three out to sign with \
+                     the repository's own key",
+                    missing.join(" and ")
+                ),
+            ));
+        }
+    };
+    if !is_key_id(&key_id.value) {
+        return Err(c.err(
+            &key_id.key,
+            &key_id.span,
+            format!(
+                "\"{}\" is not a GPG key id or fingerprint (8, 16 or 40 hex digits)",
+                key_id.value
+            ),
+        ));
+    }
+    Ok(Update {
+        url,
+        trust: UpdateTrust::Manifest(super::ManifestKey {
+            public,
+            homedir,
+            key_id,
+        }),
+    })
+}
+
+/// A key id gpgme can look up: a short or long key id, or a fingerprint.
+fn is_key_id(s: &str) -> bool {
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    [8, 16, 40].contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// `[ssh]`: a port and public keys in OpenSSH's one-line format.

@@ -88,30 +88,6 @@ pub fn write(
 
     put("usr/lib/os-release", os_release(m).as_bytes(), 0o644)?;
     put("usr/lib/berth/host.json", host.to_json().as_bytes(), 0o644)?;
-    if let Some(key) = m.update.as_ref().and_then(|u| u.gpg_key.as_ref()) {
-        let path = m.base_dir().join(&key.value);
-        let text = std::fs::read(&path).map_err(|e| {
-            m.error_at(
-                &key.key,
-                &key.span,
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        if !text.starts_with(b"-----BEGIN PGP PUBLIC KEY BLOCK-----") {
-            return Err(m
-                .error_at(
-                    &key.key,
-                    &key.span,
-                    format!("{} is not an ASCII-armored public key", path.display()),
-                )
-                .into());
-        }
-        put(
-            berth_hostapi::UPDATE_KEY_PATH.trim_start_matches('/'),
-            &text,
-            0o644,
-        )?;
-    }
     if let Some(ssh) = &m.ssh {
         let keys: String = ssh
             .authorized_keys
