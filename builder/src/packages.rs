@@ -70,6 +70,23 @@ impl Cache {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Takes the exclusive lock `name` in the cache root, waiting for
+    /// another build that holds it: builds running at the same time share
+    /// the downloaded packages, the prepared trees and the container
+    /// layouts, and must not prepare or replace one at once. Held until the
+    /// returned file is dropped.
+    pub fn lock(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        let path = self.root.join(name);
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(file)
+    }
 }
 
 /// The full package request of a manifest.

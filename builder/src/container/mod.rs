@@ -228,14 +228,7 @@ pub fn write_bundle(overlay: &Path, c: &PreparedContainer) -> anyhow::Result<()>
 /// `complete` mark would be another build's work in progress, not an
 /// interrupted one to remove. Held until the returned file is dropped.
 fn lock_cache(cache: &Cache) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(cache.root())
-        .with_context(|| format!("creating {}", cache.root().display()))?;
-    let path = cache.root().join("containers.lock");
-    let file =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
+    cache.lock("containers.lock")
 }
 
 /// The supervised service that runs container `c` with crun. Stale state

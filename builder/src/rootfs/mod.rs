@@ -58,18 +58,22 @@ pub fn base_tree(req: &PackageRequest, cache: &Cache, refresh: bool) -> anyhow::
     let trees = cache.trees();
     let dir = trees.join(&key);
     let info_path = trees.join(format!("{key}.json"));
-    if !refresh && dir.is_dir() {
-        if let Ok(text) = std::fs::read_to_string(&info_path) {
-            if let Ok(info) = serde_json::from_str::<BaseInfo>(&text) {
-                return Ok(BaseTree {
-                    dir,
-                    info,
-                    fresh: false,
-                });
-            }
+    if !refresh {
+        if let Some(tree) = cached_tree(&dir, &info_path) {
+            return Ok(tree);
         }
     }
     std::fs::create_dir_all(&trees).with_context(|| format!("creating {}", trees.display()))?;
+    // Builds at the same time take turns: two extractions of one key would
+    // each remove the tree the other just moved into place (while its build
+    // reads it), and both would download into the shared package folder.
+    let _lock = cache.lock("trees.lock")?;
+    if !refresh {
+        // Made by the build this one waited for.
+        if let Some(tree) = cached_tree(&dir, &info_path) {
+            return Ok(tree);
+        }
+    }
     let tmp = trees.join(format!("{key}.tmp-{}", std::process::id()));
     fsutil::remove_any(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     let result = extract_and_prepare(req, cache, &tmp, &key);
@@ -91,6 +95,20 @@ pub fn base_tree(req: &PackageRequest, cache: &Cache, refresh: bool) -> anyhow::
         dir,
         info,
         fresh: true,
+    })
+}
+
+/// The tree at `dir` if it and its facts at `info_path` are complete.
+fn cached_tree(dir: &Path, info_path: &Path) -> Option<BaseTree> {
+    if !dir.is_dir() {
+        return None;
+    }
+    let text = std::fs::read_to_string(info_path).ok()?;
+    let info = serde_json::from_str::<BaseInfo>(&text).ok()?;
+    Some(BaseTree {
+        dir: dir.to_path_buf(),
+        info,
+        fresh: false,
     })
 }
 
