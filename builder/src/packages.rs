@@ -291,6 +291,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cache_lock_waits_for_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        let held = cache.lock("trees.lock").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = Cache::new(cache.root().to_path_buf());
+        let waiter = std::thread::spawn(move || {
+            let _l = other.lock("trees.lock").unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "a second build took the lock while the first held it"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the lock was not handed on");
+        waiter.join().unwrap();
+    }
+
+    #[test]
     fn deb_names() {
         assert_eq!(
             parse_deb_name("/var/cache/apt/archives/libcap2_1%3a2.66-4+deb12u3+b1_amd64.deb"),
