@@ -147,6 +147,35 @@ pub fn plan_with_loader(
     EspPlan { files, entries }
 }
 
+/// A plan for the ESP tests: one kernel (written into `src`) and one entry
+/// per deployment id, ranked in the order given.
+#[cfg(test)]
+pub(crate) fn test_plan(src: &Path, ids: &[&str]) -> EspPlan {
+    let mut files = vec![];
+    let mut entries = vec![];
+    for (rank, id) in ids.iter().enumerate() {
+        let k = src.join(format!("{id}.vmlinuz"));
+        std::fs::write(&k, format!("kernel {id}")).unwrap();
+        files.push(PlannedFile {
+            esp_path: format!("berth/{id}/vmlinuz"),
+            source: k,
+        });
+        entries.push(PlannedEntry {
+            stem: format!("berth-{id}"),
+            deployment_id: id.to_string(),
+            entry: BootEntry {
+                title: id.to_string(),
+                version: "1".into(),
+                sort_key: format!("berth-{rank:03}"),
+                linux: format!("/berth/{id}/vmlinuz"),
+                initrd: String::new(),
+                options: String::new(),
+            },
+        });
+    }
+    EspPlan { files, entries }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

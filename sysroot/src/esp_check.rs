@@ -182,34 +182,7 @@ pub fn same_contents(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bls::BootEntry;
-    use crate::esp::{PlannedEntry, PlannedFile};
-
-    fn plan(src: &Path, ids: &[&str]) -> EspPlan {
-        let mut files = vec![];
-        let mut entries = vec![];
-        for (rank, id) in ids.iter().enumerate() {
-            let k = src.join(format!("{id}.vmlinuz"));
-            std::fs::write(&k, format!("kernel {id}")).unwrap();
-            files.push(PlannedFile {
-                esp_path: format!("berth/{id}/vmlinuz"),
-                source: k,
-            });
-            entries.push(PlannedEntry {
-                stem: format!("berth-{id}"),
-                deployment_id: id.to_string(),
-                entry: BootEntry {
-                    title: id.to_string(),
-                    version: "1".into(),
-                    sort_key: format!("berth-{rank:03}"),
-                    linux: format!("/berth/{id}/vmlinuz"),
-                    initrd: String::new(),
-                    options: String::new(),
-                },
-            });
-        }
-        EspPlan { files, entries }
-    }
+    use crate::esp::test_plan as plan;
 
     #[test]
     fn a_synced_esp_has_no_problems_and_each_cut_is_named() {
