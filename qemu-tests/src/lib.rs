@@ -32,7 +32,7 @@ pub mod vm;
 
 pub use fixture::{image, try_image, workspace_root};
 pub use updates::{UpdateServer, free_port};
-pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, Snapshot, Vm, VmOptions};
+pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, SHELL_TIMEOUT, Snapshot, Vm, VmOptions};
 
 /// Why a harness step failed.
 #[derive(Debug, thiserror::Error)]

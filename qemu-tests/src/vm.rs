@@ -31,6 +31,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a guest gets to power off.
 pub const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a command that must work ([`Vm::sh`]) may take in the guest's
+/// shell: `berthctl` under TCG included.
+pub const SHELL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a test wants its VM.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -319,6 +323,25 @@ impl Vm {
                 source: e,
             }),
         }
+    }
+
+    /// Runs `cmd`, which must work, in the guest's console shell and
+    /// returns its output; the test fails, showing the output, when it
+    /// exits non-zero or does not answer within [`SHELL_TIMEOUT`].
+    pub fn sh(&mut self, cmd: &str) -> String {
+        let (code, out) = self
+            .run_shell(cmd, SHELL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
+        assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
+        out
+    }
+
+    /// `berthctl status --json` in the guest, parsed (console noise before
+    /// the JSON skipped).
+    pub fn status_json(&mut self) -> serde_json::Value {
+        let out = self.sh("berthctl status --json");
+        let start = out.find('{').unwrap_or(0);
+        serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("status --json: {e}:\n{out}"))
     }
 
     /// Runs `cmd` in the guest's console shell and returns its exit code

@@ -25,7 +25,7 @@ use berth_qemu_tests::{
 };
 
 const TEMPLATE: &str = "qemu-tests/manifests/containers.toml.in";
-const SHELL: Duration = Duration::from_secs(60);
+const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
 /// A restart under TCG: backoff, crun delete, crun run, readiness.
 const RESTART: Duration = Duration::from_secs(120);
 /// A pull and deploy under TCG, with the ESP write.
@@ -39,16 +39,9 @@ fn published(port: u16) -> VmOptions {
     }
 }
 
-/// Runs `cmd` in the guest and returns its output, failing on non-zero.
-fn sh(vm: &mut Vm, cmd: &str) -> String {
-    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
-    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
-    out
-}
-
 /// `berthctl services --json`.
 fn services(vm: &mut Vm) -> Vec<serde_json::Value> {
-    let out = sh(vm, "berthctl services --json");
+    let out = vm.sh("berthctl services --json");
     let start = out.find('[').unwrap_or(0);
     serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("services --json: {e}:\n{out}"))
 }
@@ -80,7 +73,7 @@ fn wait_service(
 
 /// The host PID of container `name`'s first process, from crun's state.
 fn container_pid(vm: &mut Vm, name: &str) -> i64 {
-    let out = sh(vm, &format!("crun state {name}"));
+    let out = vm.sh(&format!("crun state {name}"));
     let start = out.find('{').unwrap_or(0);
     let state: serde_json::Value = serde_json::from_str(&out[start..])
         .unwrap_or_else(|e| panic!("crun state {name}: {e}:\n{out}"));
@@ -160,11 +153,11 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
 
     // The same from the guest: the container's cgroup, its root.
     assert_eq!(
-        sh(&mut vm, "cat /sys/fs/cgroup/berth/web/memory.max").trim(),
+        vm.sh("cat /sys/fs/cgroup/berth/web/memory.max").trim(),
         "67108864"
     );
     assert_eq!(
-        sh(&mut vm, "cat /sys/fs/cgroup/berth/web/cpu.max").trim(),
+        vm.sh("cat /sys/fs/cgroup/berth/web/cpu.max").trim(),
         "50000 100000"
     );
     let (code, out) = vm
@@ -173,30 +166,27 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
     assert_ne!(code, 0, "root could write to the container's /: {out}");
     assert!(out.contains("Read-only file system"), "{out}");
     assert_eq!(
-        sh(
-            &mut vm,
-            "crun exec --user 0 web sh -c 'echo ok > /tmp/t && cat /tmp/t'"
-        )
-        .trim(),
+        vm.sh("crun exec --user 0 web sh -c 'echo ok > /tmp/t && cat /tmp/t'")
+            .trim(),
         "ok"
     );
-    assert_eq!(sh(&mut vm, "crun exec web hostname").trim(), "web");
+    assert_eq!(vm.sh("crun exec web hostname").trim(), "web");
     // Namespaces: its own pid, mount, ipc, uts; the host's network.
     let pid = container_pid(&mut vm, "web");
     for ns in ["pid", "mnt", "ipc", "uts"] {
         let (host, container) = (
-            sh(&mut vm, &format!("readlink /proc/1/ns/{ns}")),
-            sh(&mut vm, &format!("readlink /proc/{pid}/ns/{ns}")),
+            vm.sh(&format!("readlink /proc/1/ns/{ns}")),
+            vm.sh(&format!("readlink /proc/{pid}/ns/{ns}")),
         );
         assert_ne!(host, container, "{ns} namespace shared with the host");
     }
     assert_eq!(
-        sh(&mut vm, "readlink /proc/1/ns/net"),
-        sh(&mut vm, &format!("readlink /proc/{pid}/ns/net")),
+        vm.sh("readlink /proc/1/ns/net"),
+        vm.sh(&format!("readlink /proc/{pid}/ns/net")),
         "network = host"
     );
     // network = "none": loopback only.
-    let links = sh(&mut vm, "crun exec counter cat /proc/net/dev");
+    let links = vm.sh("crun exec counter cat /proc/net/dev");
     assert!(links.contains("lo:") && !links.contains("eth0"), "{links}");
 
     confinement_holds(&mut vm);
@@ -211,7 +201,7 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
         assert_eq!(s["restarts"], 0, "{s}");
     }
     // The table a user reads says so too.
-    let table = sh(&mut vm, "berthctl services");
+    let table = vm.sh("berthctl services");
     for name in ["web", "counter", "idle"] {
         let row: Vec<&str> = table
             .lines()
@@ -221,19 +211,19 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
             .unwrap_or_else(|| panic!("no {name} row in:\n{table}"));
         assert_eq!(row[1..3], ["container", "ready"], "{table}");
     }
-    let logs = sh(&mut vm, "berthctl logs counter");
+    let logs = vm.sh("berthctl logs counter");
     assert!(
         logs.contains(&format!("counter: start 1 in /tmp, {greeting}")),
         "command override keeps the image's WorkingDir and Env:\n{logs}"
     );
     assert!(
-        sh(&mut vm, "berthctl logs idle").contains("idle up in /tmp"),
+        vm.sh("berthctl logs idle").contains("idle up in /tmp"),
         "the docker archive's Entrypoint + Cmd ran"
     );
 
     // The container's own process dies: crun exits, berth-init restarts it.
     let web = container_pid(&mut vm, "web");
-    sh(&mut vm, &format!("kill -9 {web}"));
+    vm.sh(&format!("kill -9 {web}"));
     let s = wait_service(&mut vm, "web", "restarted and ready", |s| {
         s["restarts"] == 1 && s["state"] == "ready"
     });
@@ -246,7 +236,7 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
     // /run/crun, and the restart must clean that up, not fail on it.
     let idle_crun = service(&services(&mut vm), "idle")["pid"].as_i64().unwrap();
     let idle = container_pid(&mut vm, "idle");
-    sh(&mut vm, &format!("kill -9 {idle_crun}"));
+    vm.sh(&format!("kill -9 {idle_crun}"));
     wait_service(&mut vm, "idle", "restarted and ready", |s| {
         s["restarts"] == 1 && s["state"] == "ready"
     });
@@ -256,7 +246,7 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
         .run_shell(&format!("test -d /proc/{idle}"), SHELL)
         .unwrap();
     assert_ne!(code, 0, "the orphaned container {idle} still runs");
-    let listed = sh(&mut vm, "crun list");
+    let listed = vm.sh("crun list");
     assert_eq!(listed.matches("\nidle ").count(), 1, "{listed}");
 
     // `berthctl restart`: httpd, PID 1 of its namespace, ignores SIGTERM,
@@ -265,7 +255,7 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
         service(&services(&mut vm), "web")["pid"].clone(),
         container_pid(&mut vm, "web"),
     );
-    sh(&mut vm, "berthctl restart web");
+    vm.sh("berthctl restart web");
     wait_service(&mut vm, "web", "restarted by berthctl", |s| {
         s["restarts"] == 2 && s["state"] == "ready" && s["pid"] != crun_pid
     });
@@ -288,9 +278,9 @@ fn confinement_holds(vm: &mut Vm) {
     // Container root makes a node for the host's disk (major:minor from
     // sysfs) in /dev, in /tmp and in its volume, and reads it: nothing.
     // The host itself reads the disk, so the refusal is the container's.
-    assert_eq!(sh(vm, "head -c 512 /dev/vda | wc -c").trim(), "512");
+    assert_eq!(vm.sh("head -c 512 /dev/vda | wc -c").trim(), "512");
     let probe = r#"crun exec counter sh -c 'set -- $(tr : " " < /sys/block/vda/dev); for d in /dev /tmp /data; do if mknod $d/disk b $1 $2 2>/dev/null; then if head -c 512 $d/disk >/tmp/out 2>/tmp/err; then echo "$d: read $(wc -c </tmp/out) bytes"; else echo "$d: refused: $(cat /tmp/err)"; fi; rm -f $d/disk; else echo "$d: mknod refused"; fi; done'"#;
-    let out = sh(vm, probe);
+    let out = vm.sh(probe);
     for dir in ["/dev", "/tmp", "/data"] {
         let line = out
             .lines()
@@ -303,24 +293,20 @@ fn confinement_holds(vm: &mut Vm) {
     }
     // The standard devices still work.
     assert_eq!(
-        sh(
-            vm,
-            "crun exec counter sh -c 'head -c 4 /dev/zero | wc -c; head -c 4 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok'"
+        vm.sh("crun exec counter sh -c 'head -c 4 /dev/zero | wc -c; head -c 4 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok'"
         )
         .split_whitespace()
         .collect::<Vec<_>>(),
         ["4", "4", "null-ok"]
     );
     // Volumes are mounted nosuid,nodev in the container.
-    let mount = sh(vm, "crun exec counter grep ' /data ' /proc/self/mounts");
+    let mount = vm.sh("crun exec counter grep ' /data ' /proc/self/mounts");
     for option in ["nosuid", "nodev"] {
         assert!(mount.contains(option), "/data without {option}: {mount}");
     }
 
     // The bundles and the volume root are root's alone.
-    let modes = sh(
-        vm,
-        "stat -c '%a %U %n' /usr/lib/berth/containers /usr/lib/berth/containers/web /usr/lib/berth/containers/web/config.json /var/lib/berth/volumes",
+    let modes = vm.sh("stat -c '%a %U %n' /usr/lib/berth/containers /usr/lib/berth/containers/web /usr/lib/berth/containers/web/config.json /var/lib/berth/volumes",
     );
     let modes: Vec<&str> = modes.lines().map(str::trim).collect();
     assert_eq!(
@@ -334,18 +320,14 @@ fn confinement_holds(vm: &mut Vm) {
     );
     // Container root leaves a set-user-ID root shell in its volume; a
     // host user (nobody) can neither run it nor read the bundles.
-    sh(
-        vm,
-        "crun exec counter sh -c 'cp /bin/busybox /data/sh && chmod 4755 /data/sh'",
-    );
+    vm.sh("crun exec counter sh -c 'cp /bin/busybox /data/sh && chmod 4755 /data/sh'");
     assert_eq!(
-        sh(vm, "stat -c '%a %U' /var/lib/berth/volumes/counter/data/sh").trim(),
+        vm.sh("stat -c '%a %U' /var/lib/berth/volumes/counter/data/sh")
+            .trim(),
         "4755 root",
         "the set-user-ID program is really there"
     );
-    let user = sh(
-        vm,
-        "busybox su -s /bin/sh nobody -c 'id -u; for p in /var/lib/berth/volumes/counter/data/sh /usr/lib/berth/containers/web/config.json /usr/lib/berth/containers/web/rootfs/bin/busybox; do if cat $p >/dev/null 2>&1; then echo reached $p; else echo refused $p; fi; done; if /var/lib/berth/volumes/counter/data/sh -c true 2>/dev/null; then echo ran the shell; else echo exec refused; fi'",
+    let user = vm.sh("busybox su -s /bin/sh nobody -c 'id -u; for p in /var/lib/berth/volumes/counter/data/sh /usr/lib/berth/containers/web/config.json /usr/lib/berth/containers/web/rootfs/bin/busybox; do if cat $p >/dev/null 2>&1; then echo reached $p; else echo refused $p; fi; done; if /var/lib/berth/volumes/counter/data/sh -c true 2>/dev/null; then echo ran the shell; else echo exec refused; fi'",
     );
     let user: Vec<&str> = user.lines().map(str::trim).collect();
     assert_eq!(
@@ -358,14 +340,13 @@ fn confinement_holds(vm: &mut Vm) {
             "exec refused",
         ]
     );
-    sh(vm, "rm /var/lib/berth/volumes/counter/data/sh");
+    vm.sh("rm /var/lib/berth/volumes/counter/data/sh");
     // An image's set-user-ID file arrives without the bit. Deployed files
     // are hard links to the objects of the host's OSTree repository, which
     // any host user can read: one inode, so the object has no bit either.
-    let probe = sh(
-        vm,
-        &format!("stat -c '%a %h' /usr/lib/berth/containers/idle/rootfs/{SUID_PROBE}"),
-    );
+    let probe = vm.sh(&format!(
+        "stat -c '%a %h' /usr/lib/berth/containers/idle/rootfs/{SUID_PROBE}"
+    ));
     let (mode, links) = probe.trim().split_once(' ').unwrap();
     assert_eq!(mode, "755", "{SUID_PROBE} kept its set-id bit");
     assert!(
@@ -373,7 +354,8 @@ fn confinement_holds(vm: &mut Vm) {
         "{SUID_PROBE} is not the repository's object: {probe}"
     );
     assert_eq!(
-        sh(vm, "find /usr/lib/berth/containers -type f -perm /6000").trim(),
+        vm.sh("find /usr/lib/berth/containers -type f -perm /6000")
+            .trim(),
         "",
         "set-id files in the bundles (and so in /sysroot/ostree/repo)"
     );
@@ -381,19 +363,20 @@ fn confinement_holds(vm: &mut Vm) {
     // Masked paths: /sys/firmware (which the host has) reads empty. QEMU
     // has no RAPL, so /sys/devices/virtual/powercap exists only on real
     // hardware: there it is masked the same way, by the same list.
-    assert_ne!(sh(vm, "ls -A /sys/firmware").trim(), "");
-    assert_eq!(sh(vm, "crun exec idle ls -A /sys/firmware").trim(), "");
+    assert_ne!(vm.sh("ls -A /sys/firmware").trim(), "");
+    assert_eq!(vm.sh("crun exec idle ls -A /sys/firmware").trim(), "");
     let (code, _) = vm
         .run_shell("test -e /sys/devices/virtual/powercap", SHELL)
         .unwrap();
     if code == 0 {
         assert_eq!(
-            sh(vm, "crun exec idle ls -A /sys/devices/virtual/powercap").trim(),
+            vm.sh("crun exec idle ls -A /sys/devices/virtual/powercap")
+                .trim(),
             ""
         );
     }
     assert!(
-        sh(vm, "cat /usr/lib/berth/containers/idle/config.json")
+        vm.sh("cat /usr/lib/berth/containers/idle/config.json")
             .contains("\"/sys/devices/virtual/powercap\""),
         "powercap is not in the masked paths"
     );
@@ -401,13 +384,10 @@ fn confinement_holds(vm: &mut Vm) {
     // The pids limit: the default, the manifest's, and a fork loop that
     // runs into it.
     assert_eq!(
-        sh(vm, "cat /sys/fs/cgroup/berth/web/pids.max").trim(),
+        vm.sh("cat /sys/fs/cgroup/berth/web/pids.max").trim(),
         "2048"
     );
-    assert_eq!(
-        sh(vm, "cat /sys/fs/cgroup/berth/idle/pids.max").trim(),
-        "32"
-    );
+    assert_eq!(vm.sh("cat /sys/fs/cgroup/berth/idle/pids.max").trim(), "32");
     let (_, forks) = vm
         .run_shell(
             "crun exec idle sh -c 'i=0; while [ $i -lt 64 ]; do sleep 61 & i=$((i+1)); done; echo all 64 started'",
@@ -418,7 +398,7 @@ fn confinement_holds(vm: &mut Vm) {
         forks.contains("can't fork") && !forks.contains("all 64 started"),
         "64 processes in a container limited to 32:\n{forks}"
     );
-    let events = sh(vm, "cat /sys/fs/cgroup/berth/idle/pids.events");
+    let events = vm.sh("cat /sys/fs/cgroup/berth/idle/pids.events");
     assert!(
         events
             .split_whitespace()
@@ -429,9 +409,7 @@ fn confinement_holds(vm: &mut Vm) {
     );
     // The loop's sleeps fill the container (not even `crun exec` can fork
     // there): end them from the host, and the container is usable again.
-    sh(
-        vm,
-        r#"for p in $(cat /sys/fs/cgroup/berth/idle/cgroup.procs); do [ "$(tr '\0' ' ' < /proc/$p/cmdline)" = "sleep 61 " ] && kill $p; done; true"#,
+    vm.sh(r#"for p in $(cat /sys/fs/cgroup/berth/idle/cgroup.procs); do [ "$(tr '\0' ' ' < /proc/$p/cmdline)" = "sleep 61 " ] && kill $p; done; true"#,
     );
     // Sooner than the sleeps would end by themselves.
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -479,7 +457,8 @@ fn volumes_keep_their_data_across_reboots() {
         wait_console(&mut vm, &format!("counter: start {boot} in /tmp"));
     }
     assert_eq!(
-        sh(&mut vm, "cat /var/lib/berth/volumes/counter/data/count").trim(),
+        vm.sh("cat /var/lib/berth/volumes/counter/data/count")
+            .trim(),
         "3"
     );
     assert!(
@@ -528,7 +507,8 @@ fn containers_and_their_data_follow_an_upgrade() {
     let info = http::get_until(port, "/cgi-bin/info", 200, Instant::now() + RESTART).unwrap();
     assert_eq!(info_line(&info.body, "site="), "berth-two");
     assert_eq!(
-        sh(&mut vm, "cat /var/lib/berth/volumes/counter/data/count").trim(),
+        vm.sh("cat /var/lib/berth/volumes/counter/data/count")
+            .trim(),
         "2"
     );
 }

@@ -17,7 +17,7 @@ use berth_qemu_tests::{POWER_OFF_TIMEOUT, READY_TIMEOUT, Vm, VmOptions, image, s
 
 const SERVICES: &str = "qemu-tests/manifests/services.toml";
 /// One shell command in the guest (TCG, a busy machine).
-const SHELL: Duration = Duration::from_secs(60);
+const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
 /// How long a service may take to reach a state: restart delays back off
 /// up to 4 s in services.toml, and TCG is slow.
 const SETTLE: Duration = Duration::from_secs(120);
@@ -47,13 +47,6 @@ fn boot(manifest: &str, options: VmOptions) -> (Vm, String) {
     (vm, ready)
 }
 
-/// Runs `cmd` in the guest; it must succeed. Returns its output.
-fn sh(vm: &mut Vm, cmd: &str) -> String {
-    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
-    assert_eq!(code, 0, "`{cmd}` failed: {out}");
-    out
-}
-
 /// `berthctl services --json`, on one line so that console noise cannot
 /// split it (a line berth-init prints may still follow it on that line).
 /// A berth-init line can still land in the middle of it on the shared
@@ -61,7 +54,7 @@ fn sh(vm: &mut Vm, cmd: &str) -> String {
 fn services(vm: &mut Vm) -> Vec<ServiceStatus> {
     let mut last = String::new();
     for _ in 0..5 {
-        let out = sh(vm, "berthctl services --json | tr -d '\\n'; echo");
+        let out = vm.sh("berthctl services --json | tr -d '\\n'; echo");
         let line = out
             .lines()
             .find(|l| l.starts_with("[  {") || l == &"[]")
@@ -141,25 +134,22 @@ fn services_start_in_order_with_readiness_restarts_and_host_settings() {
             < pos(&console, "berth-init: after-probed: started"),
     );
     assert!(pos(&console, "[probed] probed-file-made") < pos(&console, "berth-init: ready"));
-    assert_eq!(sh(&mut vm, "berthctl logs after-web"), "web-was-up");
+    assert_eq!(vm.sh("berthctl logs after-web"), "web-was-up");
     assert_eq!(
-        sh(&mut vm, "cat /var/log/berth/after-probed.log"),
+        vm.sh("cat /var/log/berth/after-probed.log"),
         "probe-file-was-there"
     );
-    assert_eq!(
-        sh(&mut vm, "berthctl logs as-nobody"),
-        "uid=65534 gid=65534"
-    );
+    assert_eq!(vm.sh("berthctl logs as-nobody"), "uid=65534 gid=65534");
 
     // An exiting service is started again; its log keeps every run.
     let ticker = wait_service(&mut vm, "ticker", "restarted twice", |s| s.restarts >= 2);
     assert_eq!(ticker.last_exit.as_deref(), Some("exit 0"));
-    let log = sh(&mut vm, "cat /var/log/berth/ticker.log");
+    let log = vm.sh("cat /var/log/berth/ticker.log");
     assert!(
         log.lines().filter(|l| l.starts_with("tick ")).count() >= 3,
         "{log}"
     );
-    let tail = sh(&mut vm, "berthctl logs -n 2 ticker");
+    let tail = vm.sh("berthctl logs -n 2 ticker");
     assert_eq!(tail.lines().count(), 2, "{tail}");
     assert!(tail.lines().all(|l| l.starts_with("tick ")), "{tail}");
 
@@ -187,7 +177,7 @@ fn services_start_in_order_with_readiness_restarts_and_host_settings() {
     }
     let boot_check = all.iter().find(|s| s.name == "boot-check");
     assert!(boot_check.is_some(), "{all:?}");
-    let table = sh(&mut vm, "berthctl services");
+    let table = vm.sh("berthctl services");
     assert!(
         table.contains("NAME") && table.contains("RESTARTS"),
         "{table}"
@@ -198,12 +188,9 @@ fn services_start_in_order_with_readiness_restarts_and_host_settings() {
     );
 
     // Host settings from the manifest.
-    assert_eq!(sh(&mut vm, "hostname"), "svc-host");
+    assert_eq!(vm.sh("hostname"), "svc-host");
     assert_eq!(
-        sh(
-            &mut vm,
-            "cat /proc/sys/net/ipv4/ip_forward /proc/sys/vm/swappiness"
-        ),
+        vm.sh("cat /proc/sys/net/ipv4/ip_forward /proc/sys/vm/swappiness"),
         "1\n13"
     );
     // QEMU's user network hands out 10.0.2.15 by DHCP.
@@ -221,7 +208,7 @@ fn killed_services_come_back_and_berthctl_restarts_and_follows() {
 
     let before = wait_service(&mut vm, "sleeper", "ready", |s| s.state == "ready");
     let pid = before.pid.unwrap();
-    sh(&mut vm, &format!("kill -9 {pid}"));
+    vm.sh(&format!("kill -9 {pid}"));
     let after = wait_service(&mut vm, "sleeper", "back", |s| {
         s.state == "ready" && s.pid.is_some_and(|p| p != pid)
     });
@@ -237,7 +224,7 @@ fn killed_services_come_back_and_berthctl_restarts_and_follows() {
     // `berthctl restart`: a new process, ready again; the others untouched.
     let web = wait_service(&mut vm, "web", "ready", |s| s.state == "ready");
     let after_web = wait_service(&mut vm, "after-web", "ready", |s| s.state == "ready");
-    sh(&mut vm, "berthctl restart web");
+    vm.sh("berthctl restart web");
     let again = wait_service(&mut vm, "web", "restarted", |s| {
         s.state == "ready" && s.restarts == 1 && s.pid != web.pid
     });
@@ -252,9 +239,7 @@ fn killed_services_come_back_and_berthctl_restarts_and_follows() {
     );
 
     // `logs --follow` prints new lines as they come (-n 0: no old ones).
-    let followed = sh(
-        &mut vm,
-        "(berthctl logs --follow -n 0 ticker > /tmp/follow & f=$!; i=0; \
+    let followed = vm.sh("(berthctl logs --follow -n 0 ticker > /tmp/follow & f=$!; i=0; \
          while [ $(grep -c '^tick ' /tmp/follow) -lt 2 ] && [ $i -lt 90 ]; do sleep 1; i=$((i+1)); done; \
          kill $f); cat /tmp/follow",
     );
@@ -309,7 +294,7 @@ fn berthctl_poweroff_stops_services_in_order_and_the_next_boot_is_clean() {
         "ext4 found an unclean file system:\n{console}"
     );
     // The logs of the first boot survived in /var.
-    let log = sh(&mut vm, "cat /var/log/berth/ticker.log");
+    let log = vm.sh("cat /var/log/berth/ticker.log");
     assert!(
         log.lines().filter(|l| l.starts_with("tick ")).count() >= 2,
         "{log}"
@@ -387,8 +372,8 @@ fn measure(manifest: &str, services: usize) -> Footprint {
     wait_output(&mut vm, "berthctl services", |o| {
         o.lines().filter(|l| l.contains(" ready ")).count() >= services
     });
-    let status = sh(&mut vm, "grep -E '^(Vm|Rss)' /proc/1/status");
-    let size = sh(&mut vm, "wc -c < /usr/lib/berth/berth-init");
+    let status = vm.sh("grep -E '^(Vm|Rss)' /proc/1/status");
+    let size = vm.sh("wc -c < /usr/lib/berth/berth-init");
     assert_no_badness(&vm.console_text());
     Footprint {
         rss_kib: status_kib(&status, "VmRSS:"),

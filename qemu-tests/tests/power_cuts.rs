@@ -30,7 +30,7 @@ use berth_qemu_tests::{
     READY_TIMEOUT, Snapshot, UpdateServer, Vm, VmOptions, image, skip_unless_qemu,
 };
 
-const SHELL: Duration = Duration::from_secs(60);
+const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
 /// A pull and deploy under TCG, with the ESP write.
 const UPGRADE: Duration = Duration::from_secs(300);
 const READY_V1: &str = "berth-init: ready image=upgrade version=1.0.0";
@@ -66,7 +66,7 @@ impl Fixture {
         // The physical root (the repository whose objects are hard-linked
         // into /usr) is read-only, even for root; berthctl writes it from
         // its own mount namespace, as every upgrade below shows.
-        let mounts = sh(&mut vm, "grep ' /sysroot ' /proc/mounts");
+        let mounts = vm.sh("grep ' /sysroot ' /proc/mounts");
         assert!(
             mounts.contains(" ro,") || mounts.contains(" ro "),
             "{mounts}"
@@ -88,22 +88,9 @@ impl Fixture {
     fn resume(&self) -> Vm {
         let mut vm = self.snapshot.resume().unwrap();
         // The shell answers: the guest runs on where it was frozen.
-        sh(&mut vm, "true");
+        vm.sh("true");
         vm
     }
-}
-
-/// Runs `cmd` in the guest and returns its output, failing on non-zero.
-fn sh(vm: &mut Vm, cmd: &str) -> String {
-    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
-    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
-    out
-}
-
-fn status(vm: &mut Vm) -> serde_json::Value {
-    let out = sh(vm, "berthctl status --json");
-    let start = out.find('{').unwrap_or(0);
-    serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("status --json: {e}:\n{out}"))
 }
 
 fn booted(status: &serde_json::Value) -> &serde_json::Value {
@@ -118,7 +105,7 @@ fn booted(status: &serde_json::Value) -> &serde_json::Value {
 fn wait_for_boot_check(vm: &mut Vm) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let st = status(vm);
+        let st = vm.status_json();
         let b = booted(&st);
         let id = format!("{}.{}", b["commit"].as_str().unwrap_or(""), b["serial"]);
         let checked = st["boot_check"]["booted"].as_str() == Some(id.as_str());
@@ -161,7 +148,7 @@ fn after_the_cut(vm: Vm, fx: &Fixture, what: &str) -> Outcome {
         .to_string();
     let st = wait_for_boot_check(&mut vm);
     // status tells the truth: the booted deployment is what runs.
-    let os = sh(&mut vm, "sed -n 's/^VERSION_ID=//p' /usr/lib/os-release");
+    let os = vm.sh("sed -n 's/^VERSION_ID=//p' /usr/lib/os-release");
     assert_eq!(os.trim(), version, "{what}: {st}");
     assert_eq!(booted(&st)["version"], version.as_str(), "{what}: {st}");
     let outcome = match version.as_str() {
@@ -187,15 +174,15 @@ fn after_the_cut(vm: Vm, fx: &Fixture, what: &str) -> Outcome {
     let mut st = st;
     while booted(&st)["boot_state"] != "good" && Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(1));
-        st = status(&mut vm);
+        st = vm.status_json();
     }
     assert_eq!(booted(&st)["boot_state"], "good", "{what}: {st}");
-    let entries = sh(&mut vm, "ls -a /efi/loader/entries");
+    let entries = vm.sh("ls -a /efi/loader/entries");
     assert!(
         !entries.contains(".tmp"),
         "{what}: temporary files left: {entries}"
     );
-    let again = sh(&mut vm, "berthctl upgrade");
+    let again = vm.sh("berthctl upgrade");
     assert!(again.contains("already up to date"), "{what}: {again}");
     outcome
 }
@@ -245,7 +232,7 @@ where
 /// The fault points of one uncut `berthctl upgrade` from the snapshot.
 fn fault_points(fx: &Fixture) -> Vec<(u32, String)> {
     let mut vm = fx.resume();
-    let out = sh(&mut vm, "BERTH_FAULT_STOP=list berthctl upgrade 2>&1");
+    let out = vm.sh("BERTH_FAULT_STOP=list berthctl upgrade 2>&1");
     assert!(out.contains("boots next, on trial"), "{out}");
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("berth: fault point "))

@@ -20,7 +20,7 @@ use berth_qemu_tests::{
 };
 
 const MANIFEST: &str = "qemu-tests/manifests/provision.toml";
-const SHELL: Duration = Duration::from_secs(60);
+const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
 /// An SSH login under TCG: key exchange and host key generation at the
 /// first connection are slow in an emulated guest.
 const SSH_TIMEOUT: Duration = Duration::from_secs(180);
@@ -134,9 +134,7 @@ fn assert_refused(port: u16, key: &Path) {
 }
 
 fn sh(vm: &mut Vm, cmd: &str) -> String {
-    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
-    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
-    out.trim().to_string()
+    vm.sh(cmd).trim().to_string()
 }
 
 /// Size of the root file system in bytes, from `df`.

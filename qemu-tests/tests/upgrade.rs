@@ -15,7 +15,7 @@ use berth_qemu_tests::{
     READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu,
 };
 
-const SHELL: Duration = Duration::from_secs(60);
+const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
 /// A pull and deploy under TCG, with the ESP write.
 const UPGRADE: Duration = Duration::from_secs(300);
 
@@ -25,19 +25,6 @@ fn options(server: &UpdateServer) -> VmOptions {
         guest_forwards: vec![server.forward()],
         ..VmOptions::default()
     }
-}
-
-/// Runs `cmd` in the guest and returns its output, failing on non-zero.
-fn sh(vm: &mut Vm, cmd: &str) -> String {
-    let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
-    assert_eq!(code, 0, "`{cmd}` failed:\n{out}");
-    out
-}
-
-fn status(vm: &mut Vm) -> serde_json::Value {
-    let out = sh(vm, "berthctl status --json");
-    let start = out.find('{').unwrap_or(0);
-    serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("status --json: {e}:\n{out}"))
 }
 
 fn role<'a>(status: &'a serde_json::Value, role: &str) -> Option<&'a serde_json::Value> {
@@ -63,9 +50,9 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
         READY_TIMEOUT,
     )
     .unwrap();
-    sh(&mut vm, "echo precious > /var/lib/precious");
-    sh(&mut vm, "echo '10.9.9.9 admin-added' >> /etc/hosts");
-    let check = sh(&mut vm, "berthctl upgrade --check");
+    vm.sh("echo precious > /var/lib/precious");
+    vm.sh("echo '10.9.9.9 admin-added' >> /etc/hosts");
+    let check = vm.sh("berthctl upgrade --check");
     assert!(
         check.contains("2.0.0") && check.contains("available"),
         "{check}"
@@ -79,19 +66,19 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
         READY_TIMEOUT * 2,
     )
     .unwrap();
-    let os = sh(&mut vm, "grep VERSION_ID /usr/lib/os-release");
+    let os = vm.sh("grep VERSION_ID /usr/lib/os-release");
     assert_eq!(os.trim(), "VERSION_ID=2.0.0");
-    assert_eq!(sh(&mut vm, "cat /var/lib/precious").trim(), "precious");
+    assert_eq!(vm.sh("cat /var/lib/precious").trim(), "precious");
     assert!(
-        sh(&mut vm, "cat /etc/hosts").contains("admin-added"),
+        vm.sh("cat /etc/hosts").contains("admin-added"),
         "the admin's /etc edit was lost"
     );
-    let st = status(&mut vm);
+    let st = vm.status_json();
     assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
     assert_eq!(role(&st, "rollback").unwrap()["version"], "1.0.0", "{st}");
     // Ready, so berth-init blessed the entry: no boot counter left.
     assert_eq!(role(&st, "booted").unwrap()["boot_state"], "good", "{st}");
-    let entries = sh(&mut vm, "ls /efi/loader/entries");
+    let entries = vm.sh("ls /efi/loader/entries");
     assert!(!entries.contains('+'), "{entries}");
 
     vm.send_line("berthctl rollback --reboot").unwrap();
@@ -100,9 +87,9 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
         READY_TIMEOUT * 2,
     )
     .unwrap();
-    let st = status(&mut vm);
+    let st = vm.status_json();
     assert_eq!(role(&st, "booted").unwrap()["version"], "1.0.0", "{st}");
-    assert_eq!(sh(&mut vm, "cat /var/lib/precious").trim(), "precious");
+    assert_eq!(vm.sh("cat /var/lib/precious").trim(), "precious");
 }
 
 /// Upgrades the VM (booted on v2, whose server is `server`) to the
@@ -145,7 +132,7 @@ fn failed_version_comes_back_to_v2(
     // line) records the failure; give it its moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let st = loop {
-        let st = status(vm);
+        let st = vm.status_json();
         let failed = st["failed_commits"]
             .as_array()
             .is_some_and(|f| f.iter().any(|c| c == commit.as_str()));
@@ -165,12 +152,12 @@ fn failed_version_comes_back_to_v2(
         failed.contains(&commit.as_str()),
         "{commit} not recorded as failed: {st}"
     );
-    let again = sh(vm, "berthctl upgrade");
+    let again = vm.sh("berthctl upgrade");
     assert!(
         again.contains("failed to boot on this host before"),
         "{again}"
     );
-    let st = status(vm);
+    let st = vm.status_json();
     assert!(
         st["deployments"]
             .as_array()
@@ -397,7 +384,7 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
             out.to_lowercase().contains("gpg") || out.contains("signature"),
             "{why}: {out}"
         );
-        let st = status(&mut vm);
+        let st = vm.status_json();
         assert_eq!(
             st["deployments"].as_array().unwrap().len(),
             1,
@@ -413,7 +400,7 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
             Some(("a", &key_a)),
         ))
         .unwrap();
-    let out = sh(&mut vm, "berthctl upgrade");
+    let out = vm.sh("berthctl upgrade");
     assert!(out.contains("deployed 2.0.2"), "{out}");
     for home in ["a", "b"] {
         let _ = std::process::Command::new("gpgconf")
@@ -426,7 +413,7 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
 
 /// The deployments as (commit, serial, role), to show nothing changed.
 fn deployments(vm: &mut Vm) -> Vec<(String, i64, String)> {
-    let st = status(vm);
+    let st = vm.status_json();
     st["deployments"]
         .as_array()
         .unwrap()
@@ -503,7 +490,7 @@ fn a_host_refuses_downgrades_other_images_and_unsigned_summaries() {
         READY_TIMEOUT * 2,
     )
     .unwrap();
-    let st = status(&mut vm);
+    let st = vm.status_json();
     assert_eq!(
         role(&st, "booted").unwrap()["commit"],
         v2_commit.as_str(),
@@ -525,9 +512,9 @@ fn a_host_refuses_downgrades_other_images_and_unsigned_summaries() {
 
     // Signed, and asked for: the way back.
     server.sign_summary(None).unwrap();
-    let out = sh(&mut vm, "berthctl upgrade --allow-downgrade");
+    let out = vm.sh("berthctl upgrade --allow-downgrade");
     assert!(out.contains("deployed 1.0.0"), "{out}");
-    let st = status(&mut vm);
+    let st = vm.status_json();
     assert_eq!(
         role(&st, "pending").unwrap()["commit"],
         v1_commit.as_str(),
