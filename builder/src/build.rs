@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use berth_sysroot::contract::{self, Kargs};
 
 use crate::cli::{BuildOpts, ImageFormat};
 use crate::disk;
@@ -205,7 +206,7 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let layout = disk_layout(&m, &committed.checksum, timestamp);
     let sysroot_dir = work.path.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
-    let kargs = kernel_args(&m, &layout.ids.root_part_guid);
+    let kargs = image_kargs(&m).with_root_partuuid(&layout.ids.root_part_guid.to_string());
     let gpg_key = signer.as_ref().map(|_| berth_hostapi::UPDATE_KEY_PATH);
     let deployment = berth_sysroot::install::install(
         &sysroot_dir,
@@ -219,8 +220,9 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         },
     )?;
     normalize_times(&sysroot_dir, timestamp).context("stamping the sysroot's times")?;
-    let plan = berth_sysroot::esp::plan(&sysroot_dir, std::slice::from_ref(&deployment));
-    let esp_files = esp_files(&plan);
+    let plan = contract::plan(&sysroot_dir, std::slice::from_ref(&deployment));
+    // The first install is known good: no entry on trial.
+    let esp_files = contract::esp_files(&plan, None, &Default::default()).in_write_order();
 
     progress.stage("disk", "writing the disk image");
     let needed = disk::root_bytes_needed(&sysroot_dir)?;
@@ -294,53 +296,11 @@ pub fn disk_layout(m: &Manifest, commit: &str, timestamp: u64) -> disk::DiskLayo
     }
 }
 
-/// The kernel arguments an image asks for (all but the root partition,
-/// which belongs to the disk): the serial console, `panic=10` so a kernel
-/// panic reboots and counts as a failed try, and the manifest's own. They
-/// are written into the OS tree (`/usr/lib/berth/kargs`) so an upgrade
-/// applies the new version's arguments.
-pub fn image_kargs(m: &Manifest) -> Vec<String> {
-    let mut args = vec![
-        "rw".to_string(),
-        "console=tty0".to_string(),
-        "console=ttyS0,115200".to_string(),
-        "panic=10".to_string(),
-    ];
-    args.extend(m.kernel.cmdline.iter().cloned());
-    args
-}
-
-/// The kernel command line of the image's first deployment (libostree
-/// keeps it with the deployment).
-pub fn kernel_args(m: &Manifest, root_part: &uuid::Uuid) -> Vec<String> {
-    let mut args = vec![format!("root=PARTUUID={root_part}")];
-    args.extend(image_kargs(m));
-    args
-}
-
-/// The ESP plan as files for the FAT writer.
-fn esp_files(plan: &berth_sysroot::esp::EspPlan) -> Vec<disk::EspFile> {
-    let mut files: Vec<disk::EspFile> = plan
-        .files
-        .iter()
-        .map(|f| disk::EspFile {
-            path: f.esp_path.clone(),
-            data: disk::EspData::File(f.source.clone()),
-        })
-        .collect();
-    files.push(disk::EspFile {
-        path: berth_sysroot::esp::LOADER_CONF_PATH.into(),
-        data: disk::EspData::Bytes(berth_sysroot::esp::LOADER_CONF.as_bytes().to_vec()),
-    });
-    for e in &plan.entries {
-        // The first install is known good: no boot counter.
-        let name = berth_sysroot::bls::EntryName::good(&e.stem).file_name();
-        files.push(disk::EspFile {
-            path: format!("{}/{name}", berth_sysroot::esp::ENTRIES_DIR),
-            data: disk::EspData::Bytes(e.entry.render().into_bytes()),
-        });
-    }
-    files
+/// The image's kernel arguments: Berth's own and the manifest's `[kernel]
+/// cmdline` (the root partition belongs to the disk). They are written
+/// into the OS tree so an upgrade applies the new version's.
+pub fn image_kargs(m: &Manifest) -> Kargs {
+    Kargs::for_image(&m.kernel.cmdline)
 }
 
 fn too_small(m: &Manifest, needed: u64, available: u64) -> crate::manifest::ManifestError {

@@ -19,10 +19,6 @@ pub mod provisioning;
 /// service is ready. Stable: tests and tools match on it.
 pub const READY_PREFIX: &str = "berth-init: ready";
 
-/// The kernel arguments an image asks for (all but `root=`, which belongs
-/// to the disk), one line; an upgrade applies the new version's.
-pub const KARGS_PATH: &str = "/usr/lib/berth/kargs";
-
 /// The public key (ASCII armor) update commits must be signed with, when
 /// the manifest names one; the host's OSTree remote points at it.
 pub const UPDATE_KEY_PATH: &str = "/usr/lib/berth/update-key.asc";

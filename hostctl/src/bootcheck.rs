@@ -149,7 +149,7 @@ pub fn run(root: &Path) -> anyhow::Result<Record> {
             if report
                 .copied
                 .iter()
-                .any(|p| p == berth_sysroot::esp::SYSTEMD_BOOT_ON_ESP)
+                .any(|p| p == berth_sysroot::contract::SYSTEMD_BOOT_ON_ESP)
             {
                 println!(
                     "berthctl: boot loader updated from {} ({})",

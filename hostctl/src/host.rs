@@ -81,24 +81,27 @@ impl Host {
     /// What the ESP should hold for the current deployment list (reloaded
     /// first). `trial` names a new deployment being written now: its boot
     /// loader is not installed until it is blessed.
-    pub fn esp_plan(&self, trial: Option<&str>) -> anyhow::Result<berth_sysroot::esp::EspPlan> {
+    pub fn esp_plan(
+        &self,
+        trial: Option<&str>,
+    ) -> anyhow::Result<berth_sysroot::contract::EspPlan> {
         self.sysroot
             .load(gio::Cancellable::NONE)
             .context("reloading the sysroot")?;
         let deployments = self.deployments()?;
         let entries = berth_sysroot::esp_state::entry_names(&self.esp());
-        let mut loader = berth_sysroot::esp::boot_loader_source(&deployments, &entries, trial);
+        let mut loader = berth_sysroot::contract::boot_loader_source(&deployments, &entries, trial);
         if loader.is_none()
             && !self
                 .esp()
-                .join(berth_sysroot::esp::SYSTEMD_BOOT_ON_ESP)
+                .join(berth_sysroot::contract::SYSTEMD_BOOT_ON_ESP)
                 .is_file()
         {
             // Nothing blessed and no boot loader at all: the booted
             // deployment's is the best there is.
             loader = deployments.iter().find(|d| d.booted);
         }
-        Ok(berth_sysroot::esp::plan_with_loader(
+        Ok(berth_sysroot::contract::plan_with_loader(
             &self.root,
             &deployments,
             loader,

@@ -14,6 +14,8 @@ use anyhow::{Context, bail};
 use ostree::prelude::*;
 use ostree::{gio, glib};
 
+use berth_sysroot::contract::Kargs;
+
 use crate::host::{ESP, Host, failed_commits};
 
 /// Free space the root needs beyond the pulled objects: the new
@@ -162,39 +164,15 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
     }
 
     check_space(root, &repo, &new)?;
-    let none = gio::Cancellable::NONE;
     // The root partition stays the booted one's; the rest comes from the
-    // new version (an image without its kargs file inherits them all).
-    // libostree merges the booted deployment's /etc into the new one.
+    // new version (an image without its kargs file keeps the booted
+    // deployment's). libostree merges the booted deployment's /etc into
+    // the new one.
     let kargs = new_kargs(&repo, &new, &booted)?;
-    let kargs_ref: Option<Vec<&str>> = kargs
-        .as_ref()
-        .map(|k| k.iter().map(String::as_str).collect());
-    let deploy_opts = ostree::SysrootDeployTreeOpts {
-        override_kernel_argv: kargs_ref.as_deref(),
-        ..Default::default()
-    };
     eprintln!("berthctl: deploying {version} ({})", short(&new));
-    let deployment = host
-        .sysroot
-        .deploy_tree_with_options(
-            Some(berth_sysroot::STATEROOT),
-            &new,
-            Some(&origin),
-            Some(&booted),
-            Some(&deploy_opts),
-            none,
-        )
-        .with_context(|| format!("deploying {new}"))?;
-    host.sysroot
-        .simple_write_deployment(
-            Some(berth_sysroot::STATEROOT),
-            &deployment,
-            Some(&booted),
-            ostree::SysrootSimpleWriteDeploymentFlags::NO_CLEAN,
-            none,
-        )
-        .context("writing the deployment list")?;
+    let deployment =
+        berth_sysroot::contract::deploy(&host.sysroot, &new, &origin, Some(&booted), &kargs)
+            .with_context(|| format!("deploying {new}"))?;
     let id = format!("{}.{}", deployment.csum(), deployment.deployserial());
     eprintln!("berthctl: writing the ESP");
     host.sync_esp_and_clean(Some(&id))?;
@@ -254,7 +232,7 @@ fn finish_deployment(
         for name in entries.get(&d.id()).into_iter().flatten() {
             if name.assessment() == berth_sysroot::bls::Assessment::Bad {
                 std::fs::remove_file(
-                    esp.join(berth_sysroot::esp::ENTRIES_DIR)
+                    esp.join(berth_sysroot::contract::ENTRIES_DIR)
                         .join(name.file_name()),
                 )
                 .with_context(|| format!("removing the spent entry {}", name.file_name()))?;
@@ -289,33 +267,23 @@ fn finish_deployment(
 }
 
 /// The kernel arguments of a new deployment of `commit`: the booted
-/// deployment's `root=` plus the commit's own arguments file; `None`
-/// (inherit everything) when the commit has no such file.
+/// deployment's root with the commit's own arguments file, or the booted
+/// deployment's arguments when the commit has no such file.
 fn new_kargs(
     repo: &ostree::Repo,
     commit: &str,
     booted: &ostree::Deployment,
-) -> anyhow::Result<Option<Vec<String>>> {
-    let Some(bytes) = read_commit_file(repo, commit, berth_hostapi::KARGS_PATH)? else {
-        return Ok(None);
-    };
-    let root: Vec<String> = booted
+) -> anyhow::Result<Kargs> {
+    let options = booted
         .bootconfig()
         .and_then(|b| b.get("options"))
-        .map(|o| {
-            o.split_whitespace()
-                .filter(|a| a.starts_with("root="))
-                .map(String::from)
-                .collect()
-        })
+        .map(|o| o.to_string())
         .unwrap_or_default();
-    let mut args = root;
-    args.extend(
-        String::from_utf8_lossy(&bytes)
-            .split_whitespace()
-            .map(String::from),
-    );
-    Ok(Some(args))
+    let booted_kargs = Kargs::parse_options(&options);
+    let Some(bytes) = read_commit_file(repo, commit, berth_sysroot::contract::KARGS_PATH)? else {
+        return Ok(booted_kargs);
+    };
+    Ok(Kargs::parse_image_file(&String::from_utf8_lossy(&bytes)).with_root_of(&booted_kargs))
 }
 
 /// The contents of the regular file at `path` in `commit`, or `None` if

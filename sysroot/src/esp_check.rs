@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::bls::Assessment;
-use crate::esp::{ENTRIES_DIR, EspPlan, LOADER_CONF, LOADER_CONF_PATH};
+use crate::contract::{ENTRIES_DIR, EspPlan, LOADER_CONF, LOADER_CONF_PATH};
 use crate::esp_state::{entry_files, temporaries};
 
 /// One thing wrong with the ESP.
@@ -144,7 +144,7 @@ pub fn entry_boots(esp: &Path, plan: &EspPlan, id: &str) -> bool {
     if name.assessment() == Assessment::Bad {
         return false;
     }
-    let folder = format!("{}/{id}/", crate::esp::KERNELS_DIR);
+    let folder = format!("{}/{id}/", crate::contract::KERNELS_DIR);
     check(esp, plan).iter().all(|p| match p {
         Problem::MissingEntry { id: i } | Problem::WrongEntry { id: i, .. } => i != id,
         Problem::WrongFile { path } => !path.starts_with(&folder),
@@ -182,7 +182,7 @@ pub fn same_contents(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::esp::test_plan as plan;
+    use crate::contract::test_plan as plan;
 
     #[test]
     fn a_synced_esp_has_no_problems_and_each_cut_is_named() {

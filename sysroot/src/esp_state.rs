@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::bls::{Assessment, EntryName};
-use crate::esp::{ENTRIES_DIR, KERNELS_DIR};
+use crate::contract::{ENTRIES_DIR, KERNELS_DIR};
 
 /// Every Berth boot entry file on the ESP mounted at `esp`, grouped by the
 /// deployment id they boot (`<checksum>.<serial>`), the preferred name

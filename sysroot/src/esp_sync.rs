@@ -27,8 +27,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::SysrootError;
-use crate::bls::EntryName;
-use crate::esp::{ENTRIES_DIR, EspPlan, KERNELS_DIR, LOADER_CONF, LOADER_CONF_PATH};
+use crate::contract::{ENTRIES_DIR, EspData, EspFile, EspPlan, KERNELS_DIR, esp_files};
 use crate::esp_check::{Problem, same_contents};
 use crate::esp_state::{entry_files, entry_names, temporaries};
 use crate::fault;
@@ -51,53 +50,28 @@ impl SyncReport {
     }
 }
 
-/// Tries a new entry gets (systemd-boot Automatic Boot Assessment).
-pub const NEW_ENTRY_TRIES: u32 = 3;
-
 /// Applies `plan` to the ESP mounted at `esp`. The deployment whose id is
 /// `trial` gets a boot counter (`+3`) if its entry is new; every other new
 /// entry is written as good. Files already holding the planned bytes are
 /// left alone.
 pub fn apply(esp: &Path, plan: &EspPlan, trial: Option<&str>) -> Result<SyncReport, SysrootError> {
     let mut report = SyncReport::default();
-    // 1. Files.
-    for f in &plan.files {
-        let dest = esp.join(&f.esp_path);
-        if same_contents(&dest, &f.source) {
-            continue;
+    // 1. Files, then 2. entries: existing ones first (they only change
+    // rank), the trial one last.
+    let files = esp_files(plan, trial, &entry_names(esp));
+    for f in &files.boot_files {
+        if write_if_changed(esp, f)? {
+            report.copied.push(f.path.clone());
         }
-        let data = std::fs::read(&f.source)
-            .map_err(|e| SysrootError::io(format!("reading {}", f.source.display()), e))?;
-        write_atomic(&dest, &data)?;
-        report.copied.push(f.esp_path.clone());
     }
-    if std::fs::read(esp.join(LOADER_CONF_PATH)).map_or(true, |c| c != LOADER_CONF.as_bytes()) {
-        write_atomic(&esp.join(LOADER_CONF_PATH), LOADER_CONF.as_bytes())?;
-        report.copied.push(LOADER_CONF_PATH.into());
+    for f in &files.entries {
+        if write_if_changed(esp, f)? {
+            let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+            report.entries_written.push(name.to_string());
+        }
     }
 
-    // 2. Entries: existing ones first (they only change rank), the trial one last.
-    let existing = entry_names(esp);
     let entries_dir = esp.join(ENTRIES_DIR);
-    let mut ordered: Vec<_> = plan.entries.iter().collect();
-    ordered.sort_by_key(|e| Some(e.deployment_id.as_str()) == trial);
-    for e in ordered {
-        let name = match existing.get(&e.deployment_id) {
-            Some(n) => n.clone(),
-            None if Some(e.deployment_id.as_str()) == trial => {
-                EntryName::on_trial(&e.stem, NEW_ENTRY_TRIES)
-            }
-            None => EntryName::good(&e.stem),
-        };
-        let path = entries_dir.join(name.file_name());
-        let text = e.entry.render();
-        if std::fs::read(&path).is_ok_and(|t| t == text.as_bytes()) {
-            continue;
-        }
-        write_atomic(&path, text.as_bytes())?;
-        report.entries_written.push(name.file_name());
-    }
-
     // 3. Clean up what no planned entry uses: second names of an entry,
     // entries of deployments that are gone, then their folders.
     let keep: BTreeSet<&str> = plan
@@ -134,6 +108,29 @@ pub fn apply(esp: &Path, plan: &EspPlan, trial: Option<&str>) -> Result<SyncRepo
         sync_dir(&kernels)?;
     }
     Ok(report)
+}
+
+/// Writes `f` onto the ESP at `esp` unless it already holds those bytes.
+/// Returns whether it wrote.
+fn write_if_changed(esp: &Path, f: &EspFile) -> Result<bool, SysrootError> {
+    let dest = esp.join(&f.path);
+    let data = match &f.data {
+        EspData::File(source) => {
+            if same_contents(&dest, source) {
+                return Ok(false);
+            }
+            std::fs::read(source)
+                .map_err(|e| SysrootError::io(format!("reading {}", source.display()), e))?
+        }
+        EspData::Bytes(bytes) => {
+            if std::fs::read(&dest).is_ok_and(|t| t == *bytes) {
+                return Ok(false);
+            }
+            bytes.clone()
+        }
+    };
+    write_atomic(&dest, &data)?;
+    Ok(true)
 }
 
 /// Makes the ESP at `esp` what `plan` says after an interrupted write:
@@ -224,7 +221,7 @@ fn sync_dir(dir: &Path) -> Result<(), SysrootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::esp::test_plan as plan;
+    use crate::contract::test_plan as plan;
 
     fn names(esp: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(esp.join(ENTRIES_DIR))
@@ -288,7 +285,7 @@ mod tests {
         assert!(r.removed.contains(&"berth/v1.0".to_string()));
         assert!(!esp.path().join("berth/v1.0").exists());
         assert!(esp.path().join("berth/v3.0/vmlinuz").exists());
-        assert!(esp.path().join(LOADER_CONF_PATH).exists());
+        assert!(esp.path().join(crate::contract::LOADER_CONF_PATH).exists());
         // No temporary files are left behind.
         assert!(names(esp.path()).iter().all(|n| !n.ends_with(".tmp")));
     }

@@ -9,6 +9,7 @@ use ostree::prelude::*;
 use ostree::{gio, glib};
 
 use crate::SysrootError;
+use crate::contract::Kargs;
 use crate::deployment::{DeploymentInfo, STATEROOT, describe};
 
 /// What to install.
@@ -29,8 +30,8 @@ pub struct InstallSpec<'a> {
     /// commits and summary must be signed by (an absolute path on the
     /// host); `None`: the remote accepts unsigned updates.
     pub remote_gpg_key: Option<&'a str>,
-    /// Kernel arguments of the deployment (without `ostree=`).
-    pub kargs: &'a [String],
+    /// Kernel arguments of the deployment.
+    pub kargs: &'a Kargs,
 }
 
 /// Creates a sysroot in the empty directory `root` and deploys the commit
@@ -66,30 +67,12 @@ pub fn install(root: &Path, spec: &InstallSpec) -> Result<DeploymentInfo, Sysroo
         None => spec.ostree_ref.to_string(),
     };
     let origin = sysroot.origin_new_from_refspec(&refspec);
-    let kargs: Vec<&str> = spec.kargs.iter().map(String::as_str).collect();
-    let opts = ostree::SysrootDeployTreeOpts {
-        override_kernel_argv: Some(&kargs),
-        ..Default::default()
-    };
-    let deployment = sysroot
-        .deploy_tree_with_options(
-            Some(STATEROOT),
-            commit,
-            Some(&origin),
-            None,
-            Some(&opts),
-            none,
-        )
-        .map_err(|e| SysrootError::ostree(format!("deploying {commit}"), e))?;
+    let deployment = crate::contract::deploy(&sysroot, commit, &origin, None, spec.kargs)?;
+    // The fresh sysroot holds nothing to clean; libostree's cleanup runs as
+    // it would after any deployment.
     sysroot
-        .simple_write_deployment(
-            Some(STATEROOT),
-            &deployment,
-            None,
-            ostree::SysrootSimpleWriteDeploymentFlags::NONE,
-            none,
-        )
-        .map_err(|e| SysrootError::ostree("writing the deployment list", e))?;
+        .cleanup(none)
+        .map_err(|e| SysrootError::ostree("cleaning the new sysroot", e))?;
     // libostree seals deployments with chattr +i; the builder must be able
     // to delete its work tree, and the flag does not survive mke2fs anyway.
     sysroot

@@ -5,15 +5,17 @@
 //! order, cleanup); this crate adds what libostree 2022.7 cannot do for a
 //! FAT ESP and systemd-boot: the ESP plan (kernels, initramfs images, Boot
 //! Loader Specification entries naming deployments by their stable paths)
-//! and boot counting.
+//! and boot counting. The contract between an image and its boot loader
+//! (kernel arguments, deploying, the ESP as files) is [`contract`], used by
+//! both sides.
 //!
 //! It does not write disk images (the builder does) and does not talk to
 //! berth-init.
 
 pub mod bls;
+pub mod contract;
 pub mod deployment;
 pub mod efivars;
-pub mod esp;
 pub mod esp_check;
 pub mod esp_state;
 pub mod esp_sync;

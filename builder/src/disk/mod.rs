@@ -96,25 +96,8 @@ pub struct DiskLayout {
     pub ids: DiskIds,
 }
 
-/// Where the bytes of an ESP file come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EspData {
-    /// Bytes in memory (boot entries, loader.conf).
-    Bytes(Vec<u8>),
-    /// A file on the build machine (systemd-boot, kernels, initramfs).
-    File(PathBuf),
-}
-
-/// One file to put on the ESP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EspFile {
-    /// Path inside the ESP, `/`-separated, without a leading `/`,
-    /// e.g. `EFI/BOOT/BOOTX64.EFI` or `loader/entries/x.conf`. Parent
-    /// directories are created.
-    pub path: String,
-    /// The contents.
-    pub data: EspData,
-}
+/// The files of the ESP, as the boot contract lays them out.
+pub use berth_sysroot::contract::{EspData, EspFile};
 
 /// What [`write_image`] wrote, for the build's summary and benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -96,9 +96,9 @@ pub fn write(
             .collect();
         put("usr/lib/berth/ssh/authorized_keys", keys.as_bytes(), 0o644)?;
     }
-    let kargs = crate::build::image_kargs(m).join(" ") + "\n";
+    let kargs = crate::build::image_kargs(m).render_image_file();
     put(
-        berth_hostapi::KARGS_PATH.trim_start_matches('/'),
+        berth_sysroot::contract::KARGS_PATH.trim_start_matches('/'),
         kargs.as_bytes(),
         0o644,
     )?;
