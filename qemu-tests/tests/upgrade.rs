@@ -52,6 +52,7 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
     .unwrap();
     vm.sh("echo precious > /var/lib/precious");
     vm.sh("echo '10.9.9.9 admin-added' >> /etc/hosts");
+    let v1_cmdline = vm.sh("cat /proc/cmdline");
     let check = vm.sh("berthctl upgrade --check");
     assert!(
         check.contains("2.0.0") && check.contains("available"),
@@ -68,6 +69,23 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
     .unwrap();
     let os = vm.sh("grep VERSION_ID /usr/lib/os-release");
     assert_eq!(os.trim(), "VERSION_ID=2.0.0");
+    // The kernel arguments are v2's own on the disk's root partition.
+    let v2_cmdline = vm.sh("cat /proc/cmdline");
+    let root = |c: &str| {
+        c.split_whitespace()
+            .find(|a| a.starts_with("root="))
+            .map(String::from)
+    };
+    assert!(root(&v1_cmdline).is_some(), "{v1_cmdline}");
+    assert_eq!(root(&v2_cmdline), root(&v1_cmdline), "{v2_cmdline}");
+    assert!(
+        !v1_cmdline.contains("berth.root_timeout=31"),
+        "{v1_cmdline}"
+    );
+    assert!(
+        v2_cmdline.contains("panic=10 berth.root_timeout=31"),
+        "{v2_cmdline}"
+    );
     assert_eq!(vm.sh("cat /var/lib/precious").trim(), "precious");
     assert!(
         vm.sh("cat /etc/hosts").contains("admin-added"),
