@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use berth_hostapi::error_chain::one_line;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -11,18 +12,7 @@ fn main() -> ExitCode {
     match berthctl::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            let mut msg = String::new();
-            for cause in err.chain() {
-                let text = cause.to_string();
-                if msg.contains(&text) {
-                    continue;
-                }
-                if !msg.is_empty() {
-                    msg.push_str(": ");
-                }
-                msg.push_str(&text);
-            }
-            eprintln!("berthctl: error: {msg}");
+            eprintln!("berthctl: error: {}", one_line(err.as_ref()));
             ExitCode::from(1)
         }
     }
