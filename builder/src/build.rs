@@ -15,7 +15,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use berth_sysroot::contract::{self, Kargs};
 
-use crate::cli::{BuildOpts, ImageFormat};
 use crate::disk;
 use crate::error::InputError;
 use crate::manifest::Manifest;
@@ -25,6 +24,35 @@ use crate::progress::Progress;
 use crate::rootfs::{self, fsutil, overlay};
 use crate::signing::{KeyOrigin, Signer};
 use crate::{binaries, commit, container, host_config, ids, initramfs, signing};
+
+/// What `berth build` is asked to do (the command line maps its flags
+/// onto this; `crate::cli` documents each one).
+#[derive(Debug, Clone)]
+pub struct BuildOpts {
+    /// The manifest (TOML) describing the image.
+    pub manifest: PathBuf,
+    /// Directory for the image and the OSTree repository.
+    pub output: PathBuf,
+    /// Disk image format.
+    pub format: ImageFormat,
+    /// The OSTree archive repository to commit to (`None`: `OUTPUT/repo`).
+    pub repo: Option<PathBuf>,
+    /// Where packages are cached between builds (`None`: the default
+    /// cache directory).
+    pub cache_dir: Option<PathBuf>,
+    /// Resolve the packages again even if a tree for the same package
+    /// list is cached.
+    pub refresh: bool,
+}
+
+/// Disk image formats `berth build` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// A raw (sparse) GPT disk image: `NAME.raw`.
+    Raw,
+    /// A QEMU copy-on-write image: `NAME.qcow2`.
+    Qcow2,
+}
 
 /// What a finished build produced, for the summary and for callers.
 #[derive(Debug, Clone)]

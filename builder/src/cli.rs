@@ -1,9 +1,16 @@
-//! The `berth` command line: one clap-derived enum, one function per verb.
+//! The `berth` command line: the clap-derived arguments of each verb (their
+//! doc comments are the help text), mapped onto the options the verb's
+//! module owns ([`BuildOpts`], [`RunOpts`], [`ServeOpts`]), and one
+//! function that runs a verb.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::build::{BuildOpts, ImageFormat};
+use crate::run::{Accel, RunOpts};
+use crate::serve::ServeOpts;
 
 /// Builds minimal, immutable container-host OS images and boots them in QEMU.
 #[derive(Debug, Parser)]
@@ -18,16 +25,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Build a bootable disk image and an OSTree commit from a manifest.
-    Build(BuildOpts),
+    Build(BuildArgs),
     /// Boot a disk image under QEMU (UEFI, serial console on this terminal).
-    Run(RunOpts),
+    Run(RunArgs),
     /// Serve an OSTree repository over HTTP for hosts to upgrade from.
-    Serve(crate::serve::ServeOpts),
+    Serve(ServeArgs),
 }
 
-/// Disk image formats `berth build` writes.
+/// Disk image formats `berth build` writes: `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ImageFormat {
+pub enum FormatArg {
     /// A raw (sparse) GPT disk image: `NAME.raw`.
     Raw,
     /// A QEMU copy-on-write image: `NAME.qcow2`.
@@ -36,7 +43,7 @@ pub enum ImageFormat {
 
 /// Options of `berth build`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BuildOpts {
+pub struct BuildArgs {
     /// The manifest (TOML) describing the image.
     pub manifest: PathBuf,
     /// Directory for the image and the OSTree repository (`DIR/NAME.raw`, `DIR/repo`).
@@ -44,7 +51,7 @@ pub struct BuildOpts {
     pub output: PathBuf,
     /// Disk image format.
     #[arg(long, value_enum, default_value = "raw")]
-    pub format: ImageFormat,
+    pub format: FormatArg,
     /// The OSTree archive repository to commit to (default `OUTPUT/repo`).
     #[arg(long)]
     pub repo: Option<PathBuf>,
@@ -58,9 +65,9 @@ pub struct BuildOpts {
     pub refresh: bool,
 }
 
-/// Ways QEMU can run the guest's CPU.
+/// Ways QEMU can run the guest's CPU: `--accel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Accel {
+pub enum AccelArg {
     /// KVM when a short probe boots under it, else TCG.
     Auto,
     /// Hardware virtualisation.
@@ -71,7 +78,7 @@ pub enum Accel {
 
 /// Options of `berth run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RunOpts {
+pub struct RunArgs {
     /// The disk image (raw or qcow2).
     pub image: PathBuf,
     /// Write to the image itself instead of a throw-away overlay.
@@ -95,7 +102,7 @@ pub struct RunOpts {
     pub until_ready: bool,
     /// CPU accelerator.
     #[arg(long, value_enum, default_value = "auto")]
-    pub accel: Accel,
+    pub accel: AccelArg,
     /// Also write the serial console to this file.
     #[arg(long)]
     pub console_log: Option<PathBuf>,
@@ -104,12 +111,103 @@ pub struct RunOpts {
     pub config: Option<PathBuf>,
 }
 
+/// Options of `berth serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The OSTree archive repository (e.g. out/repo).
+    pub repo: PathBuf,
+    /// TCP port (0: any free port, printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Do not log requests.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Connections served at once; more wait in the kernel's listen queue.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a complete request head, counted from
+    /// the connection's start or the end of its previous response (so it
+    /// is also how long an idle keep-alive connection is kept).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+    /// Seconds a response may make no progress (the client stopped
+    /// reading) before the connection is dropped.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout: u64,
+}
+
+impl From<FormatArg> for ImageFormat {
+    fn from(arg: FormatArg) -> ImageFormat {
+        match arg {
+            FormatArg::Raw => ImageFormat::Raw,
+            FormatArg::Qcow2 => ImageFormat::Qcow2,
+        }
+    }
+}
+
+impl From<BuildArgs> for BuildOpts {
+    fn from(a: BuildArgs) -> BuildOpts {
+        BuildOpts {
+            manifest: a.manifest,
+            output: a.output,
+            format: a.format.into(),
+            repo: a.repo,
+            cache_dir: a.cache_dir,
+            refresh: a.refresh,
+        }
+    }
+}
+
+impl From<AccelArg> for Accel {
+    fn from(arg: AccelArg) -> Accel {
+        match arg {
+            AccelArg::Auto => Accel::Auto,
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+        }
+    }
+}
+
+impl From<RunArgs> for RunOpts {
+    fn from(a: RunArgs) -> RunOpts {
+        RunOpts {
+            image: a.image,
+            persist: a.persist,
+            publish: a.publish,
+            memory: a.memory,
+            cpus: a.cpus,
+            timeout: a.timeout,
+            until_ready: a.until_ready,
+            accel: a.accel.into(),
+            console_log: a.console_log,
+            config: a.config,
+        }
+    }
+}
+
+impl From<ServeArgs> for ServeOpts {
+    fn from(a: ServeArgs) -> ServeOpts {
+        ServeOpts {
+            repo: a.repo,
+            port: a.port,
+            bind: a.bind,
+            quiet: a.quiet,
+            max_connections: a.max_connections,
+            header_timeout: a.header_timeout,
+            send_timeout: a.send_timeout,
+        }
+    }
+}
+
 /// Runs one verb; the returned code is the process's exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Build(opts) => crate::build::run(&opts).map(|()| ExitCode::SUCCESS),
-        Cmd::Run(opts) => crate::run::run(&opts),
-        Cmd::Serve(opts) => crate::serve::run(&opts).map(|()| ExitCode::SUCCESS),
+        Cmd::Build(args) => crate::build::run(&args.into()).map(|()| ExitCode::SUCCESS),
+        Cmd::Run(args) => crate::run::run(&args.into()),
+        Cmd::Serve(args) => crate::serve::run(&args.into()).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -123,6 +221,7 @@ mod tests {
         let Cmd::Build(b) = cli.command else {
             panic!("not build")
         };
+        let b = BuildOpts::from(b);
         assert_eq!(b.output, PathBuf::from("out"));
         assert_eq!(b.format, ImageFormat::Raw);
     }
@@ -142,6 +241,7 @@ mod tests {
         let Cmd::Run(r) = cli.command else {
             panic!("not run")
         };
+        let r = RunOpts::from(r);
         assert_eq!(r.publish, ["8080:80", "2222:22"]);
         assert_eq!(r.accel, Accel::Auto);
     }

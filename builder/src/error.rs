@@ -1,6 +1,7 @@
-//! How errors leave the `berth` binary: one message with its causes, and the
-//! exit code that says whose fault it was (1: something failed, 2: the
-//! user's input is wrong).
+//! How errors leave the `berth` binary: the exit code that says whose fault
+//! it was (1: something failed, 2: the user's input is wrong). The message
+//! with its causes is `berth_hostapi::error_chain::one_line`, as for
+//! `berthctl` and berth-init.
 
 use std::process::ExitCode;
 
@@ -9,23 +10,6 @@ use std::process::ExitCode;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct InputError(pub String);
-
-/// The error and its causes on one line, separated by ": ", each cause
-/// once (a cause whose text is already in its parent's is skipped).
-pub fn chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
-}
 
 /// 2 when anything in the chain is an [`InputError`] or a manifest error,
 /// else 1.
@@ -44,15 +28,6 @@ pub fn exit_code(err: &anyhow::Error) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::Context;
-
-    #[test]
-    fn chain_joins_causes_once() {
-        let err = Err::<(), _>(std::io::Error::other("disk full"))
-            .context("writing ESP")
-            .unwrap_err();
-        assert_eq!(chain(&err), "writing ESP: disk full");
-    }
 
     #[test]
     fn input_errors_exit_2_others_1() {

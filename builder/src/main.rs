@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use berth_hostapi::error_chain::one_line;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -11,7 +12,7 @@ fn main() -> ExitCode {
     match berth::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("berth: error: {}", berth::error::chain(&err));
+            eprintln!("berth: error: {}", one_line(err.as_ref()));
             berth::error::exit_code(&err)
         }
     }

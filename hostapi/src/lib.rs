@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod control;
+pub mod error_chain;
 pub mod provisioning;
 
 /// The start of the line stage 2 prints on the console once every required

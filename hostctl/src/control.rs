@@ -58,7 +58,7 @@ pub fn services(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The services as an aligned text table.
-pub fn table(services: &[ServiceStatus]) -> String {
+pub(crate) fn table(services: &[ServiceStatus]) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
         "KIND".into(),

@@ -35,7 +35,7 @@ pub struct DeploymentStatus {
 }
 
 /// The role of deployment `d` given the booted one's index.
-pub fn role(d: &DeploymentInfo, booted_index: Option<usize>) -> &'static str {
+pub(crate) fn role(d: &DeploymentInfo, booted_index: Option<usize>) -> &'static str {
     match booted_index {
         Some(b) if d.index == b => "booted",
         Some(b) if d.index < b => "pending",

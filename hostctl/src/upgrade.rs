@@ -58,7 +58,7 @@ pub enum Outcome {
 }
 
 /// Splits an origin refspec `remote:ref`.
-pub fn split_refspec(refspec: &str) -> anyhow::Result<(&str, &str)> {
+pub(crate) fn split_refspec(refspec: &str) -> anyhow::Result<(&str, &str)> {
     match refspec.split_once(':') {
         Some((remote, r)) if !remote.is_empty() && !r.is_empty() => Ok((remote, r)),
         _ => bail!(
@@ -342,7 +342,7 @@ fn mark_sysroot_readonly(host: &Host) {
 }
 
 /// The `version` metadata of a commit.
-pub fn commit_version(repo: &ostree::Repo, commit: &str) -> Option<String> {
+pub(crate) fn commit_version(repo: &ostree::Repo, commit: &str) -> Option<String> {
     let (v, _) = repo.load_commit(commit).ok()?;
     let meta = v.child_value(0);
     let dict = glib::VariantDict::new(Some(&meta));
@@ -402,12 +402,12 @@ fn free_bytes(path: &Path) -> anyhow::Result<u64> {
 }
 
 /// The first 12 characters of a checksum.
-pub fn short(c: &str) -> &str {
+pub(crate) fn short(c: &str) -> &str {
     &c[..c.len().min(12)]
 }
 
 /// Bytes for people.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     if n < 1024 {
         return format!("{n} B");
     }

@@ -218,19 +218,8 @@ macro_rules! say {
 
 /// Formats an error with its chain of causes on one line:
 /// `mounting /dev/vda2 on /sysroot: No such device`.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // io::Error wrapped in io::Error repeats itself; print it once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    berth_hostapi::error_chain::one_line(err)
 }
 
 #[cfg(test)]

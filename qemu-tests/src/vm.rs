@@ -159,7 +159,7 @@ fn resolve_accel(requested: Option<AccelKind>) -> AccelKind {
         Ok("tcg") => AccelKind::Tcg,
         _ => {
             let choice =
-                berth::run::choose_accel(berth::cli::Accel::Auto, Path::new("qemu-system-x86_64"));
+                berth::run::choose_accel(berth::run::Accel::Auto, Path::new("qemu-system-x86_64"));
             eprintln!("qemu-tests: {choice}");
             choice.accel
         }

@@ -11,7 +11,7 @@ use berth_qemu_tests::{Vm, VmOptions, skip_unless_qemu};
 fn kvm_probe_answers_within_its_timeout() {
     skip_unless_qemu!();
     let started = Instant::now();
-    let choice = berth::run::choose_accel(berth::cli::Accel::Auto, Path::new("qemu-system-x86_64"));
+    let choice = berth::run::choose_accel(berth::run::Accel::Auto, Path::new("qemu-system-x86_64"));
     let took = started.elapsed();
     println!("{choice} in {took:.2?}");
     assert!(

@@ -79,7 +79,7 @@ pub fn prepare_all(m: &Manifest, cache: &Cache) -> anyhow::Result<Vec<PreparedCo
                     "container \"{}\" (image {}): {}",
                     c.name,
                     c.image.value,
-                    crate::error::chain(&e)
+                    berth_hostapi::error_chain::one_line(e.as_ref())
                 );
                 anyhow::Error::new(m.error_at(&c.image.key, &c.image.span, msg))
             })

@@ -17,7 +17,17 @@ use std::time::{Duration, Instant};
 
 use super::process::KillOnDrop;
 use super::qemu::AccelKind;
-use crate::cli::Accel;
+
+/// Ways QEMU can run the guest's CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when a short probe boots under it, else TCG.
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation (slow, works everywhere).
+    Tcg,
+}
 
 /// How long the KVM probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

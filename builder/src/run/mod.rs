@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::cli::RunOpts;
 use crate::command::{self, CommandError};
 use crate::error::InputError;
 
@@ -28,12 +27,39 @@ pub mod console;
 pub mod process;
 pub mod qemu;
 
-pub use accel::{AccelChoice, choose as choose_accel};
+pub use accel::{Accel, AccelChoice, choose as choose_accel};
 pub use process::KillOnDrop;
 pub use qemu::{
     AccelKind, ConsoleMode, DiskFormat, FW_CFG_CONFIG, FwCfgFile, GUEST_FORWARD_ADDR, PortForward,
     QemuConfig, RebootPolicy,
 };
+
+/// What `berth run` is asked to do (the command line maps its flags onto
+/// this; `crate::cli` documents each one).
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// The disk image (raw or qcow2).
+    pub image: PathBuf,
+    /// Write to the image itself instead of a throw-away overlay.
+    pub persist: bool,
+    /// Host TCP ports forwarded to the guest, each `HOST:GUEST`.
+    pub publish: Vec<String>,
+    /// Guest memory in MiB.
+    pub memory: u32,
+    /// Guest CPUs.
+    pub cpus: u32,
+    /// Stop the guest after this many seconds (0: never).
+    pub timeout: u64,
+    /// Succeed as soon as the guest prints its ready line (and stop it);
+    /// fail if it does not within `timeout`.
+    pub until_ready: bool,
+    /// CPU accelerator.
+    pub accel: Accel,
+    /// Also write the serial console to this file.
+    pub console_log: Option<PathBuf>,
+    /// A provisioning document passed to the guest through QEMU fw_cfg.
+    pub config: Option<PathBuf>,
+}
 
 /// Where Debian's `ovmf` package puts the firmware.
 pub const OVMF_DIR: &str = "/usr/share/OVMF";

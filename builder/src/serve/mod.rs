@@ -41,31 +41,23 @@ use crate::error::InputError;
 pub use open::Root;
 pub use server::serve;
 
-/// Options of `berth serve`.
-#[derive(Debug, Clone, clap::Args)]
+/// What `berth serve` is asked to do (the command line maps its flags
+/// onto this; `crate::cli` documents each one).
+#[derive(Debug, Clone)]
 pub struct ServeOpts {
     /// The OSTree archive repository (e.g. out/repo).
     pub repo: PathBuf,
     /// TCP port (0: any free port, printed on stderr).
-    #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Address to listen on (0.0.0.0 for every interface).
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Address to listen on.
     pub bind: String,
     /// Do not log requests.
-    #[arg(long)]
     pub quiet: bool,
-    /// Connections served at once; more wait in the kernel's listen queue.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Connections served at once (at least 1).
     pub max_connections: u32,
-    /// Seconds a client has to send a complete request head, counted from
-    /// the connection's start or the end of its previous response (so it
-    /// is also how long an idle keep-alive connection is kept).
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds a client has to send a complete request head (at least 1).
     pub header_timeout: u64,
-    /// Seconds a response may make no progress (the client stopped
-    /// reading) before the connection is dropped.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds a response may make no progress (at least 1).
     pub send_timeout: u64,
 }
 

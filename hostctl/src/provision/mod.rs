@@ -5,14 +5,14 @@
 //! at every boot. An invalid document is reported and skipped: it never
 //! fails the boot. docs/provisioning.md describes the formats.
 
-pub mod accounts;
-pub mod base64;
-pub mod beneath;
-pub mod document;
-pub mod keys;
-pub mod plan;
-pub mod sources;
-pub mod txn;
+mod accounts;
+mod base64;
+mod beneath;
+mod document;
+mod keys;
+mod plan;
+mod sources;
+mod txn;
 
 use std::path::Path;
 
@@ -20,7 +20,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use beneath::Beneath;
-pub use plan::RECORD;
+pub use plan::{Applied, RECORD};
 
 /// What a provisioning run found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub fn run(root: &Path) -> anyhow::Result<Outcome> {
 }
 
 /// [`run`], with failures injected into the document's transaction.
-pub fn run_with(root: &Path, faults: txn::Faults) -> anyhow::Result<Outcome> {
+pub(crate) fn run_with(root: &Path, faults: txn::Faults) -> anyhow::Result<Outcome> {
     let host = Beneath::open(root)?;
     if let Some(done) = txn::recover(&host).context("finishing an interrupted run")? {
         println!("berth: provisioning: {done}");
