@@ -35,7 +35,11 @@ pub use updates::{UpdateServer, free_port};
 pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, SHELL_TIMEOUT, Snapshot, Vm, VmOptions};
 
 /// Why a harness step failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` is the message with its causes, so that `.unwrap()` in a
+/// test prints what went wrong as a reader wants it (console tails on
+/// their own lines, not one escaped string).
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Preparing or starting the VM failed.
     #[error("{0}")]
@@ -72,6 +76,18 @@ pub enum Error {
         /// What went wrong (with the build's output).
         reason: String,
     },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -129,4 +145,20 @@ macro_rules! skip_unless_qemu {
             return $ret;
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_message_with_its_causes() {
+        let e = Error::Io {
+            action: "writing to the console",
+            source: std::io::Error::other("broken pipe"),
+        };
+        assert_eq!(format!("{e:?}"), "writing to the console: broken pipe");
+        let wait = Error::Setup("line one\nline two".into());
+        assert_eq!(format!("{wait:?}"), "line one\nline two");
+    }
 }
