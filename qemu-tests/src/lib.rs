@@ -10,6 +10,8 @@
 //!   own process), under `target/qemu-images/`.
 //! - [`registry`], [`oci`], [`containers`]: a local OCI registry, test
 //!   container images written by hand, and the container tests' fixture.
+//! - [`wait_until`]: poll a condition with a deadline; the timeout error
+//!   names what was waited for, how long, and the last thing seen.
 //! - [`require_qemu`] / [`skip_unless_qemu!`]: tests say `skipped: why`
 //!   when QEMU or OVMF is missing; `BERTH_REQUIRE_QEMU=1` (CI) makes that
 //!   a failure.
@@ -29,10 +31,12 @@ pub mod qmp;
 pub mod registry;
 pub mod updates;
 pub mod vm;
+pub mod wait;
 
 pub use fixture::{image, try_image, workspace_root};
 pub use updates::{UpdateServer, free_port};
 pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, SHELL_TIMEOUT, Snapshot, Vm, VmOptions};
+pub use wait::{Check, wait_until};
 
 /// Why a harness step failed.
 ///
@@ -68,6 +72,16 @@ pub enum Error {
         /// The end of the console.
         tail: String,
     },
+    /// A [`wait_until`] gave up.
+    #[error("waiting for {what}: timed out after {after:.1?}{}", last_seen(.last))]
+    TimedOut {
+        /// What was waited for.
+        what: String,
+        /// How long the wait lasted.
+        after: Duration,
+        /// What the last look saw (empty: nothing useful).
+        last: String,
+    },
     /// Building a test image failed.
     #[error("building the test image from {manifest}: {reason}")]
     Fixture {
@@ -76,6 +90,14 @@ pub enum Error {
         /// What went wrong (with the build's output).
         reason: String,
     },
+}
+
+fn last_seen(last: &str) -> String {
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!("; last seen: {last}")
+    }
 }
 
 impl std::fmt::Debug for Error {
