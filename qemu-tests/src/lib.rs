@@ -10,6 +10,8 @@
 //!   own process), under `target/qemu-images/`.
 //! - [`registry`], [`oci`], [`containers`]: a local OCI registry, test
 //!   container images written by hand, and the container tests' fixture.
+//! - [`command`]: outside tools run to completion, with the command line
+//!   and its output in the error.
 //! - [`wait_until`]: poll a condition with a deadline; the timeout error
 //!   names what was waited for, how long, and the last thing seen.
 //! - [`require_qemu`] / [`skip_unless_qemu!`]: tests say `skipped: why`
@@ -22,6 +24,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+pub mod command;
 mod console;
 pub mod containers;
 pub mod fixture;
@@ -71,6 +74,27 @@ pub enum Error {
         why: String,
         /// The end of the console.
         tail: String,
+    },
+    /// An outside program could not be started.
+    #[error("could not run `{cmdline}` (is it installed? scripts/install-deps installs it)")]
+    Spawn {
+        /// The command line.
+        cmdline: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An outside program ran and failed.
+    #[error("`{cmdline}` failed ({status}){}", command::what_it_wrote(.stdout, .stderr))]
+    Command {
+        /// The command line.
+        cmdline: String,
+        /// Its exit status, as text.
+        status: String,
+        /// What it wrote to stdout.
+        stdout: String,
+        /// What it wrote to stderr.
+        stderr: String,
     },
     /// A [`wait_until`] gave up.
     #[error("waiting for {what}: timed out after {after:.1?}{}", last_seen(.last))]
