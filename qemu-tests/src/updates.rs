@@ -9,11 +9,12 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth::run::PortForward;
 
 use crate::fixture::{berth_bin, workspace_root};
+use crate::wait::{Check, wait_until};
 use crate::{Error, Result};
 
 /// The port the test images' `[update] url` names on 10.0.2.100.
@@ -60,15 +61,15 @@ impl UpdateServer {
             .stderr(log_file)
             .spawn()
             .map_err(Error::io("starting berth serve"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(Error::Setup(format!(
-                    "berth serve did not listen on {port}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            &format!("berth serve to listen on 127.0.0.1:{port}"),
+            || match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(_) => Ok(Check::Done(())),
+                Err(e) => Ok(Check::NotYet(e.to_string())),
+            },
+        )?;
         let out = dir.path().join("out");
         Ok(UpdateServer {
             repo,

@@ -22,6 +22,7 @@ use berth_hostapi::READY_PREFIX;
 
 use crate::console::{Console, WaitEnd};
 use crate::qmp::QMP_SOCKET;
+use crate::wait::{Check, wait_until};
 use crate::{Error, Result};
 
 /// How long a UEFI boot to berth-init's ready line may take: ~14 s under
@@ -510,22 +511,21 @@ impl Vm {
             "migrate",
             Some(serde_json::json!({ "uri": uri.to_string_lossy() })),
         )?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let info = qmp.execute("query-migrate", None)?;
-            match info["status"].as_str() {
-                Some("completed") => break,
-                Some("failed") | Some("cancelled") => {
-                    return Err(Error::Setup(format!("saving the VM state: {info}")));
+        wait_until(
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            "QEMU to save the VM state",
+            || {
+                let info = qmp.execute("query-migrate", None)?;
+                match info["status"].as_str() {
+                    Some("completed") => Ok(Check::Done(())),
+                    Some("failed") | Some("cancelled") => {
+                        Err(Error::Setup(format!("saving the VM state: {info}")))
+                    }
+                    _ => Ok(Check::NotYet(info.to_string())),
                 }
-                _ if Instant::now() > deadline => {
-                    return Err(Error::Setup(format!(
-                        "saving the VM state timed out: {info}"
-                    )));
-                }
-                _ => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+            },
+        )?;
         let disk = dir.path().join("disk");
         let vars = dir.path().join("OVMF_VARS.fd");
         for (from, to) in [
@@ -549,32 +549,30 @@ impl Vm {
     /// guest runs (QEMU keeps it paused when the source was).
     fn continue_after_incoming(&mut self) -> Result<()> {
         let socket = self.dir.path().join(QMP_SOCKET);
+        // One deadline for both waits.
         let deadline = Instant::now() + Duration::from_secs(120);
-        let mut qmp = loop {
-            match crate::qmp::Qmp::connect(&socket) {
-                Ok(q) => break q,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        loop {
+        let every = Duration::from_millis(100);
+        let mut qmp =
+            wait_until(
+                deadline,
+                every,
+                "QEMU's QMP socket",
+                || match crate::qmp::Qmp::connect(&socket) {
+                    Ok(q) => Ok(Check::Done(q)),
+                    Err(e) => Ok(Check::NotYet(e.to_string())),
+                },
+            )?;
+        wait_until(deadline, every, "the resumed VM to load its state", || {
             let status = qmp.execute("query-status", None)?;
             match status["status"].as_str() {
-                Some("running") => return Ok(()),
+                Some("running") => Ok(Check::Done(())),
                 Some("paused") | Some("postmigrate") | Some("prelaunch") => {
                     qmp.execute("cont", None)?;
-                    return Ok(());
+                    Ok(Check::Done(()))
                 }
-                _ if Instant::now() > deadline => {
-                    return Err(Error::Setup(format!(
-                        "the resumed VM did not load its state: {status}"
-                    )));
-                }
-                _ => std::thread::sleep(Duration::from_millis(100)),
+                _ => Ok(Check::NotYet(status.to_string())),
             }
-        }
+        })
     }
 
     fn dump(&self) {
