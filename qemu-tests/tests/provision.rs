@@ -13,10 +13,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_qemu_tests::{
-    READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, image, skip_unless_qemu, workspace_root,
+    Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, image, skip_unless_qemu,
+    wait_until, workspace_root,
 };
 
 const MANIFEST: &str = "qemu-tests/manifests/provision.toml";
@@ -97,40 +98,40 @@ fn ssh(port: u16, key: &Path, cmd: &str) -> Output {
 /// Logs in with `key` and runs `cmd`, retrying while the connection itself
 /// fails (exit 255 before authentication, e.g. during host key generation).
 fn ssh_ok(port: u16, key: &Path, cmd: &str) -> String {
-    let deadline = Instant::now() + SSH_TIMEOUT;
-    loop {
+    let what = format!("ssh {cmd:?} with {} to work", key.display());
+    wait_until(SSH_TIMEOUT, Duration::from_secs(3), &what, || {
         let out = ssh(port, key, cmd);
         if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            return Ok(Check::Done(
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            ));
         }
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            Instant::now() < deadline && !err.contains("Permission denied"),
+            !err.contains("Permission denied"),
             "ssh {cmd:?} with {}: {:?}\n{err}",
             key.display(),
             out.status
         );
-        std::thread::sleep(Duration::from_secs(3));
-    }
+        Ok(Check::NotYet(format!("{:?}\n{err}", out.status)))
+    })
+    .unwrap()
 }
 
 /// A login with `key` is refused (authentication, not connection, fails).
 fn assert_refused(port: u16, key: &Path) {
-    let deadline = Instant::now() + SSH_TIMEOUT;
-    loop {
+    let what = format!("a refusal for {}", key.display());
+    wait_until(SSH_TIMEOUT, Duration::from_secs(3), &what, || {
         let out = ssh(port, key, "true");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{} logged in", key.display());
-        if err.contains("Permission denied") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no refusal for {}: {err}",
-            key.display()
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    }
+        Ok(if err.contains("Permission denied") {
+            Check::Done(())
+        } else {
+            Check::NotYet(err.into_owned())
+        })
+    })
+    .unwrap()
 }
 
 fn sh(vm: &mut Vm, cmd: &str) -> String {

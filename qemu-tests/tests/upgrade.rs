@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use berth_qemu_tests::{
-    READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu,
+    Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu, wait_until,
 };
 
 const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
@@ -130,17 +130,23 @@ fn failed_version_comes_back_to_v2(
     .unwrap();
     // boot-check (a one-shot at every boot, not waited for by the ready
     // line) records the failure; give it its moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let st = loop {
-        let st = vm.status_json();
-        let failed = st["failed_commits"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|c| c == commit.as_str()));
-        if failed || std::time::Instant::now() > deadline {
-            break st;
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let st = wait_until(
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        &format!("boot-check to record {commit} as failed"),
+        || {
+            let st = vm.status_json();
+            let failed = st["failed_commits"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|c| c == commit.as_str()));
+            Ok(if failed {
+                Check::Done(st)
+            } else {
+                Check::NotYet(st.to_string())
+            })
+        },
+    )
+    .unwrap();
     assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
     let failed: Vec<&str> = st["failed_commits"]
         .as_array()
