@@ -149,11 +149,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// `qemu-img` or OVMF missing), or `None` when they can.
 pub fn require_qemu() -> Option<String> {
     for program in ["qemu-system-x86_64", "qemu-img"] {
-        let works = Command::new(program)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !works {
+        if command::run(Command::new(program).arg("--version")).is_err() {
             return Some(format!("{program} is not installed (scripts/install-deps)"));
         }
     }

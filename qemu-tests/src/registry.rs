@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use rustix::fs::{FlockOperation, flock};
 
+use crate::command::run;
 use crate::wait::{Check, wait_until};
 use crate::{Error, Result, http};
 
@@ -163,22 +164,12 @@ impl Drop for Registry {
 
 /// `skopeo copy [extra] SOURCE DEST`, with its output in the error.
 pub fn copy(source: &str, dest: &str, extra: &[&str]) -> Result<()> {
-    let out = Command::new("skopeo")
+    run(Command::new("skopeo")
         .arg("copy")
         .arg("--quiet")
         .args(extra)
         .arg(source)
-        .arg(dest)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Setup(format!("running skopeo (scripts/install-deps): {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!(
-            "skopeo copy {source} {dest} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+        .arg(dest))?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use berth::run::{
 };
 use berth_hostapi::READY_PREFIX;
 
+use crate::command::run;
 use crate::console::{Console, WaitEnd};
 use crate::qmp::QMP_SOCKET;
 use crate::wait::{Check, wait_until};
@@ -170,19 +171,10 @@ fn resolve_accel(requested: Option<AccelKind>) -> AccelKind {
 /// Grows a VM's disk (its overlay or private copy) to `size` bytes, as an
 /// operator does with `qemu-img resize` before the first boot.
 fn grow_disk(disk: &Path, format: DiskFormat, size: u64) -> Result<()> {
-    let out = Command::new("qemu-img")
+    run(Command::new("qemu-img")
         .args(["resize", "-q", "-f", format.name()])
         .arg(disk)
-        .arg(size.to_string())
-        .output()
-        .map_err(Error::io("running qemu-img resize"))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!(
-            "qemu-img resize {}: {}",
-            disk.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+        .arg(size.to_string()))?;
     Ok(())
 }
 
@@ -199,22 +191,7 @@ impl Vm {
             let copy = dir
                 .path()
                 .join(image.file_name().unwrap_or("disk".as_ref()));
-            let out = Command::new("cp")
-                .args(["--sparse=always", "--reflink=auto"])
-                .arg(image)
-                .arg(&copy)
-                .output();
-            match out {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => {
-                    return Err(Error::Setup(format!(
-                        "copying {}: {}",
-                        image.display(),
-                        String::from_utf8_lossy(&o.stderr)
-                    )));
-                }
-                Err(e) => return Err(Error::Setup(format!("running cp: {e}"))),
-            }
+            copy_sparse(image, &copy)?;
             let format = berth::run::detect_format(&copy)?;
             (copy, format)
         } else {
@@ -625,7 +602,7 @@ impl Snapshot {
         let vars = dir.path().join("OVMF_VARS.fd");
         copy_sparse(&self.vars, &vars)?;
         let disk = dir.path().join("disk.qcow2");
-        let out = Command::new("qemu-img")
+        run(Command::new("qemu-img")
             .args([
                 "create",
                 "-q",
@@ -636,16 +613,7 @@ impl Snapshot {
                 "-b",
             ])
             .arg(&self.disk)
-            .arg(&disk)
-            .output()
-            .map_err(Error::io("running qemu-img create"))?;
-        if !out.status.success() {
-            return Err(Error::Setup(format!(
-                "qemu-img create on {}: {}",
-                self.disk.display(),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
+            .arg(&disk))?;
         let mut config = self
             .options
             .qemu_config(&firmware, &vars, &disk, DiskFormat::Qcow2);
@@ -667,19 +635,10 @@ impl Snapshot {
 
 /// `cp --sparse=always --reflink=auto from to`.
 fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
-    let out = Command::new("cp")
+    run(Command::new("cp")
         .args(["--sparse=always", "--reflink=auto"])
         .arg(from)
-        .arg(to)
-        .output()
-        .map_err(Error::io("running cp"))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!(
-            "copying {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+        .arg(to))?;
     Ok(())
 }
 
