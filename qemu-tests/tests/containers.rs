@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_qemu_tests::command::{self, run};
 use berth_qemu_tests::containers::{self, GREETING, INDEX_HTML, SUID_PROBE, Setup};
 use berth_qemu_tests::oci::{self, Entry, ImageSpec};
 use berth_qemu_tests::{
@@ -585,14 +586,12 @@ fn bad_images_fail_the_build_naming_container_and_image() {
     let setup = Setup::start().unwrap();
     let good = setup.image(Path::new(TEMPLATE)).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
+    run(Command::new("cp")
         .args(["-a", "--sparse=always", "--reflink=auto"])
         .arg(&good)
         .arg(good.with_file_name("repo"))
-        .arg(out.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
+        .arg(out.path()))
+    .unwrap();
     let before = snapshot(out.path());
 
     let inputs = tempfile::tempdir().unwrap();
@@ -628,13 +627,14 @@ fn bad_images_fail_the_build_naming_container_and_image() {
         (corrupt, "digest"),
     ];
     let build = |manifest: &Path, output: &Path| {
-        Command::new(berth_qemu_tests::fixture::berth_bin())
-            .arg("build")
-            .arg(manifest)
-            .arg("--output")
-            .arg(output)
-            .output()
-            .unwrap()
+        command::output(
+            Command::new(berth_qemu_tests::fixture::berth_bin())
+                .arg("build")
+                .arg(manifest)
+                .arg("--output")
+                .arg(output),
+        )
+        .unwrap()
     };
     // Into an output directory that does not exist yet: not even that
     // directory is created.

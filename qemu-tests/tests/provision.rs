@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use berth_qemu_tests::command::{output, run};
 use berth_qemu_tests::{
     Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, image, skip_unless_qemu,
     wait_until, workspace_root,
@@ -30,12 +31,10 @@ const GIB: u64 = 1 << 30;
 /// An ed25519 key pair made by ssh-keygen: (private key file, public line).
 fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(name);
-    let out = Command::new("ssh-keygen")
+    run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .output()
-        .expect("running ssh-keygen (openssh-client)");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
+        .arg(&key))
+    .unwrap();
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     (key, public.trim().to_string())
 }
@@ -57,42 +56,41 @@ fn seed(dir: &Path, name: &str, user_data: &str, meta_data: &str) -> PathBuf {
     std::fs::write(&user, user_data).unwrap();
     std::fs::write(&meta, meta_data).unwrap();
     let img = dir.join(format!("{name}.img"));
-    let out = Command::new("cloud-localds")
+    run(Command::new("cloud-localds")
         .arg(&img)
         .arg(&user)
-        .arg(&meta)
-        .output()
-        .expect("running cloud-localds (cloud-image-utils)");
-    assert!(out.status.success(), "cloud-localds: {out:?}");
+        .arg(&meta))
+    .unwrap();
     img
 }
 
 /// Runs `cmd` over SSH as root on the forwarded `port` with `key`.
 fn ssh(port: u16, key: &Path, cmd: &str) -> Output {
-    Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "PasswordAuthentication=no",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=60",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
-        .output()
-        .expect("running ssh (openssh-client)")
+    output(
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "PasswordAuthentication=no",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=60",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+            ])
+            .arg(key)
+            .args(["-p", &port.to_string(), "root@127.0.0.1", cmd]),
+    )
+    .unwrap()
 }
 
 /// Logs in with `key` and runs `cmd`, retrying while the connection itself

@@ -9,8 +9,10 @@
 //! an upgrade are in power_cuts.rs.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use berth_qemu_tests::command::{run, run_stdout};
 use berth_qemu_tests::{
     Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu, wait_until,
 };
@@ -279,26 +281,21 @@ fn gpg_key(home: &Path, name: &str) -> String {
     std::fs::create_dir_all(home).unwrap();
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let gpg = |args: &[&str]| {
-        let out = std::process::Command::new("gpg")
-            .arg("--homedir")
-            .arg(home)
-            .args([
-                "--batch",
-                "--yes",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_stdout(
+            Command::new("gpg")
+                .arg("--homedir")
+                .arg(home)
+                .args([
+                    "--batch",
+                    "--yes",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
+                .args(args),
+        )
+        .unwrap()
     };
     gpg(&[
         "--quick-gen-key",
@@ -347,18 +344,12 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
     let key_a = gpg_key(&d.join("a"), "a");
     let key_b = gpg_key(&d.join("b"), "b");
     let v1 = signed_manifest(d, "v1.toml", "1.0.0", Some(("a", &key_a)));
-    let out = std::process::Command::new(berth_qemu_tests::fixture::berth_bin())
+    run(Command::new(fixture::berth_bin())
         .arg("build")
         .arg(&v1)
         .arg("--output")
-        .arg(d.join("out"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(d.join("out")))
+    .unwrap();
     let image = d.join("out/signed.raw");
     let server = UpdateServer::start(&image).unwrap();
     let mut vm = Vm::boot(&image, options(&server)).unwrap();
@@ -409,11 +400,10 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
     let out = vm.sh("berthctl upgrade");
     assert!(out.contains("deployed 2.0.2"), "{out}");
     for home in ["a", "b"] {
-        let _ = std::process::Command::new("gpgconf")
+        let _ = run(Command::new("gpgconf")
             .arg("--homedir")
             .arg(d.join(home))
-            .args(["--kill", "gpg-agent"])
-            .status();
+            .args(["--kill", "gpg-agent"]));
     }
 }
 
