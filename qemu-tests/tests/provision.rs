@@ -132,13 +132,9 @@ fn assert_refused(port: u16, key: &Path) {
     .unwrap()
 }
 
-fn sh(vm: &mut Vm, cmd: &str) -> String {
-    vm.sh(cmd).trim().to_string()
-}
-
 /// Size of the root file system in bytes, from `df`.
 fn root_size(vm: &mut Vm) -> u64 {
-    let out = sh(vm, "df -k /sysroot | tail -n 1");
+    let out = vm.sh("df -k /sysroot | tail -n 1").trim().to_string();
     let kib: u64 = out
         .split_whitespace()
         .nth(1)
@@ -182,9 +178,13 @@ fn a_nocloud_seed_names_the_host_and_lets_its_key_in_and_the_root_fills_a_grown_
         "{console}"
     );
 
-    assert_eq!(sh(&mut vm, "hostname"), "alpha");
-    assert_eq!(sh(&mut vm, "cat /etc/motd"), "welcome to alpha");
-    assert!(sh(&mut vm, "cat /var/lib/berth/provisioned").starts_with("alpha-1\n"));
+    assert_eq!(vm.sh("hostname").trim(), "alpha");
+    assert_eq!(vm.sh("cat /etc/motd").trim(), "welcome to alpha");
+    assert!(
+        vm.sh("cat /var/lib/berth/provisioned")
+            .trim()
+            .starts_with("alpha-1\n")
+    );
     // The 1 GiB image on a 4 GiB disk: the root is the disk less the ESP
     // and ext4's own overhead.
     let size = root_size(&mut vm);
@@ -230,8 +230,8 @@ fn another_vm_from_the_same_image_is_another_machine_through_fw_cfg() {
     );
     // The image's own disk size: nothing to grow.
     assert!(!console.contains("root partition grown"), "{console}");
-    assert_eq!(sh(&mut vm, "hostname"), "beta");
-    assert!(sh(&mut vm, "grep ^ops: /etc/passwd").starts_with("ops:"));
+    assert_eq!(vm.sh("hostname").trim(), "beta");
+    assert!(vm.sh("grep ^ops: /etc/passwd").trim().starts_with("ops:"));
     assert_eq!(ssh_ok(port, &beta_key, "hostname"), "beta");
     assert_refused(port, &alpha_key);
 }
@@ -261,7 +261,7 @@ fn an_invalid_seed_is_reported_and_skipped_and_the_host_gets_ready() {
         console.contains("provisioning: NoCloud") && console.contains("skipped: user-data:"),
         "{console}"
     );
-    assert_eq!(sh(&mut vm, "hostname"), "unprovisioned");
+    assert_eq!(vm.sh("hostname").trim(), "unprovisioned");
     let recorded = vm
         .run_shell("test -e /var/lib/berth/provisioned", SHELL)
         .unwrap();
@@ -319,7 +319,7 @@ fn an_upgrade_revokes_a_key_dropped_from_the_manifest_and_keeps_provisioned_ones
         READY_TIMEOUT * 2,
     )
     .unwrap();
-    let keys = sh(&mut vm, "cat /root/.ssh/authorized_keys");
+    let keys = vm.sh("cat /root/.ssh/authorized_keys").trim().to_string();
     assert!(!keys.contains("image-a"), "{keys}");
     assert_refused(port, &key_a);
     assert_eq!(
