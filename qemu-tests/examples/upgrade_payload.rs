@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_qemu_tests::command::run_stdout;
 use berth_qemu_tests::{READY_TIMEOUT, UpdateServer, Vm, VmOptions, image};
 
 const V1: &str = "qemu-tests/manifests/upgrade-v1.toml";
@@ -109,15 +110,13 @@ fn parse_human(text: &str) -> Option<u64> {
 /// Sum of the archive-repo objects (`.filez`, compressed as served) of the
 /// files under /usr/lib/modules in the ref's commit.
 fn kernel_objects(repo: &Path) -> Result<u64, Box<dyn std::error::Error>> {
-    let out = Command::new("ostree")
-        .arg(format!("--repo={}", repo.display()))
-        .args(["ls", "-R", "-C", REF, "/usr/lib/modules"])
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("ostree ls: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
+    let listing = run_stdout(
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["ls", "-R", "-C", REF, "/usr/lib/modules"]),
+    )?;
     let mut total = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in listing.lines() {
         // mode uid gid size checksum path
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (Some(mode), Some(sum)) = (fields.first(), fields.get(4)) else {

@@ -14,6 +14,7 @@ use std::process::Command;
 use rustix::fs::{FlockOperation, flock};
 use sha2::{Digest as _, Sha256};
 
+use crate::command::run_stdout;
 use crate::{Error, Result};
 
 /// The workspace root (the parent of this crate).
@@ -64,20 +65,15 @@ fn key_files(manifest: &Path, berth: &Path) -> Vec<PathBuf> {
 /// sha256 over the files' own sha256 sums. `sha256sum` hashes the files:
 /// hashing a release binary in an unoptimised test build takes seconds.
 fn content_hash(files: &[PathBuf]) -> Result<String> {
-    let out = Command::new("sha256sum")
-        .arg("--")
-        .args(files)
-        .output()
-        .map_err(Error::io("running sha256sum"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = run_stdout(Command::new("sha256sum").arg("--").args(files))?;
     let sums: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    if !out.status.success() || sums.len() != files.len() {
+    if sums.len() != files.len() {
         return Err(Error::Setup(format!(
-            "hashing {files:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "hashing {files:?}: {} sums from sha256sum:\n{text}",
+            sums.len()
         )));
     }
     let digest = Sha256::digest(sums.join("\n").as_bytes());
@@ -143,6 +139,9 @@ pub fn try_image(manifest: &Path) -> Result<PathBuf> {
     );
     let log_path = dir.join("build.log");
     let log = File::create(&log_path).map_err(Error::io("creating the build log"))?;
+    // Not through crate::command: a build takes minutes, and its output
+    // goes to build.log as it comes (to follow it, and to keep it beside
+    // the image); a failure shows the log's end.
     let status = Command::new(&berth)
         .arg("build")
         .arg(&manifest)

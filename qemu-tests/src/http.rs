@@ -4,7 +4,9 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::wait::{Check, Deadline, wait_until};
 
 /// A response: status code and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,17 +54,24 @@ fn parse(raw: &[u8]) -> std::io::Result<Response> {
     })
 }
 
-/// Retries [`get`] until it gives status `want` or `deadline` passes;
-/// returns the last response or error.
-pub fn get_until(port: u16, path: &str, want: u16, deadline: Instant) -> std::io::Result<Response> {
-    loop {
-        let result = get(port, path, Duration::from_secs(10));
-        match &result {
-            Ok(r) if r.status == want => return result,
-            _ if Instant::now() >= deadline => return result,
-            _ => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
+/// Retries [`get`] every 500 ms until it gives status `want`; fails with
+/// the last response or error seen once `until` passes.
+pub fn get_until(
+    port: u16,
+    path: &str,
+    want: u16,
+    until: impl Into<Deadline>,
+) -> crate::Result<Response> {
+    wait_until(
+        until,
+        Duration::from_millis(500),
+        &format!("status {want} from GET {path} on 127.0.0.1:{port}"),
+        || match get(port, path, Duration::from_secs(10)) {
+            Ok(r) if r.status == want => Ok(Check::Done(r)),
+            Ok(r) => Ok(Check::NotYet(format!("status {}: {:?}", r.status, r.body))),
+            Err(e) => Ok(Check::NotYet(e.to_string())),
+        },
+    )
 }
 
 #[cfg(test)]

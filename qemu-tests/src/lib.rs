@@ -10,6 +10,10 @@
 //!   own process), under `target/qemu-images/`.
 //! - [`registry`], [`oci`], [`containers`]: a local OCI registry, test
 //!   container images written by hand, and the container tests' fixture.
+//! - [`command`]: outside tools run to completion, with the command line
+//!   and its output in the error.
+//! - [`wait_until`]: poll a condition with a deadline; the timeout error
+//!   names what was waited for, how long, and the last thing seen.
 //! - [`require_qemu`] / [`skip_unless_qemu!`]: tests say `skipped: why`
 //!   when QEMU or OVMF is missing; `BERTH_REQUIRE_QEMU=1` (CI) makes that
 //!   a failure.
@@ -20,6 +24,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+pub mod command;
 mod console;
 pub mod containers;
 pub mod fixture;
@@ -29,13 +34,19 @@ pub mod qmp;
 pub mod registry;
 pub mod updates;
 pub mod vm;
+pub mod wait;
 
 pub use fixture::{image, try_image, workspace_root};
 pub use updates::{UpdateServer, free_port};
 pub use vm::{POWER_OFF_TIMEOUT, READY_TIMEOUT, SHELL_TIMEOUT, Snapshot, Vm, VmOptions};
+pub use wait::{Check, wait_until};
 
 /// Why a harness step failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` is the message with its causes, so that `.unwrap()` in a
+/// test prints what went wrong as a reader wants it (console tails on
+/// their own lines, not one escaped string).
+#[derive(thiserror::Error)]
 pub enum Error {
     /// Preparing or starting the VM failed.
     #[error("{0}")]
@@ -64,6 +75,37 @@ pub enum Error {
         /// The end of the console.
         tail: String,
     },
+    /// An outside program could not be started.
+    #[error("could not run `{cmdline}` (is it installed? scripts/install-deps installs it)")]
+    Spawn {
+        /// The command line.
+        cmdline: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An outside program ran and failed.
+    #[error("`{cmdline}` failed ({status}){}", command::what_it_wrote(.stdout, .stderr))]
+    Command {
+        /// The command line.
+        cmdline: String,
+        /// Its exit status, as text.
+        status: String,
+        /// What it wrote to stdout.
+        stdout: String,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// A [`wait_until`] gave up.
+    #[error("waiting for {what}: timed out after {after:.1?}{}", last_seen(.last))]
+    TimedOut {
+        /// What was waited for.
+        what: String,
+        /// How long the wait lasted.
+        after: Duration,
+        /// What the last look saw (empty: nothing useful).
+        last: String,
+    },
     /// Building a test image failed.
     #[error("building the test image from {manifest}: {reason}")]
     Fixture {
@@ -72,6 +114,26 @@ pub enum Error {
         /// What went wrong (with the build's output).
         reason: String,
     },
+}
+
+fn last_seen(last: &str) -> String {
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!("; last seen: {last}")
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -87,11 +149,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// `qemu-img` or OVMF missing), or `None` when they can.
 pub fn require_qemu() -> Option<String> {
     for program in ["qemu-system-x86_64", "qemu-img"] {
-        let works = Command::new(program)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !works {
+        if command::run(Command::new(program).arg("--version")).is_err() {
             return Some(format!("{program} is not installed (scripts/install-deps)"));
         }
     }
@@ -129,4 +187,20 @@ macro_rules! skip_unless_qemu {
             return $ret;
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_message_with_its_causes() {
+        let e = Error::Io {
+            action: "writing to the console",
+            source: std::io::Error::other("broken pipe"),
+        };
+        assert_eq!(format!("{e:?}"), "writing to the console: broken pipe");
+        let wait = Error::Setup("line one\nline two".into());
+        assert_eq!(format!("{wait:?}"), "line one\nline two");
+    }
 }

@@ -17,6 +17,7 @@ use std::process::Command;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::command::run_stdout;
 use crate::{Error, Result};
 
 /// The host's static busybox (package busybox-static).
@@ -202,14 +203,8 @@ pub fn busybox_layer() -> Result<Vec<Entry>> {
             "reading {BUSYBOX} (package busybox-static, scripts/install-deps): {e}"
         ))
     })?;
-    let out = Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .map_err(|e| Error::Setup(format!("running {BUSYBOX} --list: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!("{BUSYBOX} --list failed")));
-    }
-    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let list = run_stdout(Command::new(BUSYBOX).arg("--list"))?;
+    let mut applets: Vec<String> = list
         .lines()
         .map(str::trim)
         .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))

@@ -13,10 +13,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::fs::{FlockOperation, flock};
 
+use crate::command::run;
+use crate::wait::{Check, wait_until};
 use crate::{Error, Result, http};
 
 /// The registry program (package docker-registry).
@@ -108,24 +110,30 @@ impl Registry {
     }
 
     fn wait_until_up(&mut self) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(r) = http::get(self.port, "/v2/", Duration::from_secs(2)) {
-                if r.status == 200 {
-                    return Ok(());
+        let port = self.port;
+        let child = &mut self.child;
+        let up = wait_until(
+            START_TIMEOUT,
+            Duration::from_millis(100),
+            "the registry to answer /v2/",
+            || {
+                let seen = match http::get(port, "/v2/", Duration::from_secs(2)) {
+                    Ok(r) if r.status == 200 => return Ok(Check::Done(())),
+                    Ok(r) => format!("status {}", r.status),
+                    Err(e) => e.to_string(),
+                };
+                match child.try_wait().ok().flatten() {
+                    Some(status) => Err(Error::Setup(format!("it exited ({status})"))),
+                    None => Ok(Check::NotYet(seen)),
                 }
-            }
-            let exited = self.child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() >= deadline {
-                return Err(Error::Setup(format!(
-                    "the registry on 127.0.0.1:{} did not come up ({}); its log:\n{}",
-                    self.port,
-                    exited.map_or("timed out".into(), |s| s.to_string()),
-                    self.log_text()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            },
+        );
+        up.map_err(|e| {
+            Error::Setup(format!(
+                "the registry on 127.0.0.1:{port} did not come up ({e}); its log:\n{}",
+                self.log_text()
+            ))
+        })
     }
 
     /// The registry's output so far.
@@ -156,22 +164,12 @@ impl Drop for Registry {
 
 /// `skopeo copy [extra] SOURCE DEST`, with its output in the error.
 pub fn copy(source: &str, dest: &str, extra: &[&str]) -> Result<()> {
-    let out = Command::new("skopeo")
+    run(Command::new("skopeo")
         .arg("copy")
         .arg("--quiet")
         .args(extra)
         .arg(source)
-        .arg(dest)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Setup(format!("running skopeo (scripts/install-deps): {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!(
-            "skopeo copy {source} {dest} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+        .arg(dest))?;
     Ok(())
 }
 

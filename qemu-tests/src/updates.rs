@@ -9,11 +9,13 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth::run::PortForward;
 
+use crate::command::{run, run_stdout, run_text};
 use crate::fixture::{berth_bin, workspace_root};
+use crate::wait::{Check, wait_until};
 use crate::{Error, Result};
 
 /// The port the test images' `[update] url` names on 10.0.2.100.
@@ -60,15 +62,15 @@ impl UpdateServer {
             .stderr(log_file)
             .spawn()
             .map_err(Error::io("starting berth serve"))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(Error::Setup(format!(
-                    "berth serve did not listen on {port}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            &format!("berth serve to listen on 127.0.0.1:{port}"),
+            || match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(_) => Ok(Check::Done(())),
+                Err(e) => Ok(Check::NotYet(e.to_string())),
+            },
+        )?;
         let out = dir.path().join("out");
         Ok(UpdateServer {
             repo,
@@ -84,27 +86,15 @@ impl UpdateServer {
     /// repository, as the next commit of its ref. Returns the build output.
     pub fn publish(&self, manifest: &Path) -> Result<String> {
         let manifest = workspace_root().join(manifest);
-        let out = Command::new(berth_bin())
-            .arg("build")
-            .arg(&manifest)
-            .arg("--output")
-            .arg(&self.out)
-            .arg("--repo")
-            .arg(&self.repo)
-            .output()
-            .map_err(Error::io("running berth build"))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
-            return Err(Error::Fixture {
-                manifest: manifest.display().to_string(),
-                reason: text,
-            });
-        }
-        Ok(text)
+        run_text(
+            Command::new(berth_bin())
+                .arg("build")
+                .arg(&manifest)
+                .arg("--output")
+                .arg(&self.out)
+                .arg("--repo")
+                .arg(&self.repo),
+        )
     }
 
     /// The commit `ostree_ref` points at in the served repository.
@@ -144,11 +134,11 @@ impl UpdateServer {
         args.push(format!("--gpg-homedir={}", home.display()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let result = ostree(&self.repo, &args);
-        let _ = Command::new("gpgconf")
+        // Best effort: a left-over agent only costs a process.
+        let _ = run(Command::new("gpgconf")
             .arg("--homedir")
             .arg(&home)
-            .args(["--kill", "gpg-agent"])
-            .status();
+            .args(["--kill", "gpg-agent"]));
         result.map(|_| ())
     }
 
@@ -180,32 +170,17 @@ fn key_dir(repo: &Path) -> Result<PathBuf> {
 
 /// `cp -a source dest`.
 fn copy_dir(source: &Path, dest: &Path) -> Result<()> {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(source)
-        .arg(dest)
-        .status()
-        .map_err(Error::io("copying a directory"))?;
-    if !status.success() {
-        return Err(Error::Setup(format!("cp -a {} failed", source.display())));
-    }
+    run(Command::new("cp").arg("-a").arg(source).arg(dest))?;
     Ok(())
 }
 
 /// Runs the `ostree` command on `repo`; its stdout.
 fn ostree(repo: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("ostree")
-        .arg(format!("--repo={}", repo.display()))
-        .args(args)
-        .output()
-        .map_err(Error::io("running ostree"))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!(
-            "ostree {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_stdout(
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(args),
+    )
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now (for an

@@ -20,8 +20,10 @@ use berth::run::{
 };
 use berth_hostapi::READY_PREFIX;
 
+use crate::command::run;
 use crate::console::{Console, WaitEnd};
 use crate::qmp::QMP_SOCKET;
+use crate::wait::{Check, wait_until};
 use crate::{Error, Result};
 
 /// How long a UEFI boot to berth-init's ready line may take: ~14 s under
@@ -169,19 +171,10 @@ fn resolve_accel(requested: Option<AccelKind>) -> AccelKind {
 /// Grows a VM's disk (its overlay or private copy) to `size` bytes, as an
 /// operator does with `qemu-img resize` before the first boot.
 fn grow_disk(disk: &Path, format: DiskFormat, size: u64) -> Result<()> {
-    let out = Command::new("qemu-img")
+    run(Command::new("qemu-img")
         .args(["resize", "-q", "-f", format.name()])
         .arg(disk)
-        .arg(size.to_string())
-        .output()
-        .map_err(Error::io("running qemu-img resize"))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!(
-            "qemu-img resize {}: {}",
-            disk.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+        .arg(size.to_string()))?;
     Ok(())
 }
 
@@ -198,22 +191,7 @@ impl Vm {
             let copy = dir
                 .path()
                 .join(image.file_name().unwrap_or("disk".as_ref()));
-            let out = Command::new("cp")
-                .args(["--sparse=always", "--reflink=auto"])
-                .arg(image)
-                .arg(&copy)
-                .output();
-            match out {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => {
-                    return Err(Error::Setup(format!(
-                        "copying {}: {}",
-                        image.display(),
-                        String::from_utf8_lossy(&o.stderr)
-                    )));
-                }
-                Err(e) => return Err(Error::Setup(format!("running cp: {e}"))),
-            }
+            copy_sparse(image, &copy)?;
             let format = berth::run::detect_format(&copy)?;
             (copy, format)
         } else {
@@ -510,22 +488,21 @@ impl Vm {
             "migrate",
             Some(serde_json::json!({ "uri": uri.to_string_lossy() })),
         )?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let info = qmp.execute("query-migrate", None)?;
-            match info["status"].as_str() {
-                Some("completed") => break,
-                Some("failed") | Some("cancelled") => {
-                    return Err(Error::Setup(format!("saving the VM state: {info}")));
+        wait_until(
+            Duration::from_secs(120),
+            Duration::from_millis(100),
+            "QEMU to save the VM state",
+            || {
+                let info = qmp.execute("query-migrate", None)?;
+                match info["status"].as_str() {
+                    Some("completed") => Ok(Check::Done(())),
+                    Some("failed") | Some("cancelled") => {
+                        Err(Error::Setup(format!("saving the VM state: {info}")))
+                    }
+                    _ => Ok(Check::NotYet(info.to_string())),
                 }
-                _ if Instant::now() > deadline => {
-                    return Err(Error::Setup(format!(
-                        "saving the VM state timed out: {info}"
-                    )));
-                }
-                _ => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+            },
+        )?;
         let disk = dir.path().join("disk");
         let vars = dir.path().join("OVMF_VARS.fd");
         for (from, to) in [
@@ -549,32 +526,30 @@ impl Vm {
     /// guest runs (QEMU keeps it paused when the source was).
     fn continue_after_incoming(&mut self) -> Result<()> {
         let socket = self.dir.path().join(QMP_SOCKET);
+        // One deadline for both waits.
         let deadline = Instant::now() + Duration::from_secs(120);
-        let mut qmp = loop {
-            match crate::qmp::Qmp::connect(&socket) {
-                Ok(q) => break q,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        loop {
+        let every = Duration::from_millis(100);
+        let mut qmp =
+            wait_until(
+                deadline,
+                every,
+                "QEMU's QMP socket",
+                || match crate::qmp::Qmp::connect(&socket) {
+                    Ok(q) => Ok(Check::Done(q)),
+                    Err(e) => Ok(Check::NotYet(e.to_string())),
+                },
+            )?;
+        wait_until(deadline, every, "the resumed VM to load its state", || {
             let status = qmp.execute("query-status", None)?;
             match status["status"].as_str() {
-                Some("running") => return Ok(()),
+                Some("running") => Ok(Check::Done(())),
                 Some("paused") | Some("postmigrate") | Some("prelaunch") => {
                     qmp.execute("cont", None)?;
-                    return Ok(());
+                    Ok(Check::Done(()))
                 }
-                _ if Instant::now() > deadline => {
-                    return Err(Error::Setup(format!(
-                        "the resumed VM did not load its state: {status}"
-                    )));
-                }
-                _ => std::thread::sleep(Duration::from_millis(100)),
+                _ => Ok(Check::NotYet(status.to_string())),
             }
-        }
+        })
     }
 
     fn dump(&self) {
@@ -627,7 +602,7 @@ impl Snapshot {
         let vars = dir.path().join("OVMF_VARS.fd");
         copy_sparse(&self.vars, &vars)?;
         let disk = dir.path().join("disk.qcow2");
-        let out = Command::new("qemu-img")
+        run(Command::new("qemu-img")
             .args([
                 "create",
                 "-q",
@@ -638,16 +613,7 @@ impl Snapshot {
                 "-b",
             ])
             .arg(&self.disk)
-            .arg(&disk)
-            .output()
-            .map_err(Error::io("running qemu-img create"))?;
-        if !out.status.success() {
-            return Err(Error::Setup(format!(
-                "qemu-img create on {}: {}",
-                self.disk.display(),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
+            .arg(&disk))?;
         let mut config = self
             .options
             .qemu_config(&firmware, &vars, &disk, DiskFormat::Qcow2);
@@ -669,19 +635,10 @@ impl Snapshot {
 
 /// `cp --sparse=always --reflink=auto from to`.
 fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
-    let out = Command::new("cp")
+    run(Command::new("cp")
         .args(["--sparse=always", "--reflink=auto"])
         .arg(from)
-        .arg(to)
-        .output()
-        .map_err(Error::io("running cp"))?;
-    if !out.status.success() {
-        return Err(Error::Setup(format!(
-            "copying {}: {}",
-            from.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+        .arg(to))?;
     Ok(())
 }
 

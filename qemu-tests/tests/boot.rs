@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_qemu_tests::command::run;
 use berth_qemu_tests::{READY_TIMEOUT, Vm, VmOptions, image, skip_unless_qemu};
 
 /// Console lines that mean something went badly wrong in the guest.
@@ -67,13 +68,11 @@ fn image_boots_with_a_plain_qemu_command_line() {
     let vars = dir.path().join("vars.fd");
     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
     let overlay = dir.path().join("disk.qcow2");
-    let status = Command::new("qemu-img")
+    run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(&image)
-        .arg(&overlay)
-        .status()
-        .unwrap();
-    assert!(status.success());
+        .arg(&overlay))
+    .unwrap();
     let mut child = Command::new("qemu-system-x86_64")
         .args([
             "-machine",

@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_qemu_tests::command::{self, run};
 use berth_qemu_tests::containers::{self, GREETING, INDEX_HTML, SUID_PROBE, Setup};
 use berth_qemu_tests::oci::{self, Entry, ImageSpec};
 use berth_qemu_tests::{
-    POWER_OFF_TIMEOUT, READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, http,
-    skip_unless_qemu,
+    Check, POWER_OFF_TIMEOUT, READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, http,
+    skip_unless_qemu, wait_until,
 };
 
 const TEMPLATE: &str = "qemu-tests/manifests/containers.toml.in";
@@ -60,15 +61,20 @@ fn wait_service(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + RESTART;
-    loop {
-        let s = service(&services(vm), name);
-        if done(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{name} never got {what}: {s}");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_until(
+        RESTART,
+        Duration::from_secs(1),
+        &format!("{name} to be {what}"),
+        || {
+            let s = service(&services(vm), name);
+            Ok(if done(&s) {
+                Check::Done(s)
+            } else {
+                Check::NotYet(s.to_string())
+            })
+        },
+    )
+    .unwrap()
 }
 
 /// The host PID of container `name`'s first process, from crun's state.
@@ -84,15 +90,16 @@ fn container_pid(vm: &mut Vm, name: &str) -> i64 {
 /// Waits until this boot's console shows `text` anywhere (before or
 /// after the ready line: services start in parallel).
 fn wait_console(vm: &mut Vm, text: &str) {
-    let deadline = Instant::now() + RESTART;
-    while !vm.console_text().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} on the console:\n{}",
-            vm.console_text()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let what = format!("{text:?} on the console");
+    wait_until(RESTART, Duration::from_millis(500), &what, || {
+        let console = vm.console_text();
+        Ok(if console.contains(text) {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("the console:\n{console}"))
+        })
+    })
+    .unwrap()
 }
 
 fn info_line<'a>(body: &'a str, key: &str) -> &'a str {
@@ -116,8 +123,7 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
     let heartbeat = service(&services(&mut vm), "heartbeat");
 
     // From the host, through QEMU's port forwarding.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let index = http::get_until(port, "/", 200, deadline).unwrap();
+    let index = http::get_until(port, "/", 200, Duration::from_secs(60)).unwrap();
     assert_eq!((index.status, index.body.as_str()), (200, INDEX_HTML));
     let old = http::get(port, "/old.html", Duration::from_secs(30)).unwrap();
     assert_eq!(
@@ -229,7 +235,7 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
     });
     assert_eq!(s["last_exit"], "exit 137", "{s}");
     assert_ne!(container_pid(&mut vm, "web"), web);
-    let page = http::get_until(port, "/", 200, Instant::now() + RESTART).unwrap();
+    let page = http::get_until(port, "/", 200, RESTART).unwrap();
     assert_eq!(page.body, INDEX_HTML);
 
     // crun itself dies: its container is left running with its state in
@@ -260,7 +266,7 @@ fn web_container_serves_the_host_and_killed_containers_come_back() {
         s["restarts"] == 2 && s["state"] == "ready" && s["pid"] != crun_pid
     });
     assert_ne!(container_pid(&mut vm, "web"), web);
-    let page = http::get_until(port, "/", 200, Instant::now() + RESTART).unwrap();
+    let page = http::get_until(port, "/", 200, RESTART).unwrap();
     assert_eq!(page.body, INDEX_HTML);
 
     // Meanwhile the host's own service never stopped.
@@ -412,11 +418,20 @@ fn confinement_holds(vm: &mut Vm) {
     vm.sh(r#"for p in $(cat /sys/fs/cgroup/berth/idle/cgroup.procs); do [ "$(tr '\0' ' ' < /proc/$p/cmdline)" = "sleep 61 " ] && kill $p; done; true"#,
     );
     // Sooner than the sleeps would end by themselves.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while vm.run_shell("crun exec idle true", SHELL).unwrap().0 != 0 {
-        assert!(Instant::now() < deadline, "idle stays full after pkill");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until(
+        Duration::from_secs(45),
+        Duration::from_millis(500),
+        "idle to take `crun exec` again after the kill (it stays full)",
+        || {
+            let (code, out) = vm.run_shell("crun exec idle true", SHELL).unwrap();
+            Ok(if code == 0 {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("exit {code}: {out}"))
+            })
+        },
+    )
+    .unwrap();
 }
 
 /// Powers off and checks the containers stopped in order: the stop
@@ -495,7 +510,7 @@ fn containers_and_their_data_follow_an_upgrade() {
     vm.wait_for("ready image=containers version=1.0.0", READY_TIMEOUT)
         .unwrap();
     wait_console(&mut vm, "counter: start 1 in");
-    let info = http::get_until(port, "/cgi-bin/info", 200, Instant::now() + RESTART).unwrap();
+    let info = http::get_until(port, "/cgi-bin/info", 200, RESTART).unwrap();
     assert_eq!(info_line(&info.body, "site="), "berth");
 
     vm.send_line("berthctl upgrade --reboot").unwrap();
@@ -504,7 +519,7 @@ fn containers_and_their_data_follow_an_upgrade() {
         .unwrap();
     wait_console(&mut vm, "counter: start 2 in");
     // The new version's container configuration, the same volume.
-    let info = http::get_until(port, "/cgi-bin/info", 200, Instant::now() + RESTART).unwrap();
+    let info = http::get_until(port, "/cgi-bin/info", 200, RESTART).unwrap();
     assert_eq!(info_line(&info.body, "site="), "berth-two");
     assert_eq!(
         vm.sh("cat /var/lib/berth/volumes/counter/data/count")
@@ -571,14 +586,12 @@ fn bad_images_fail_the_build_naming_container_and_image() {
     let setup = Setup::start().unwrap();
     let good = setup.image(Path::new(TEMPLATE)).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
+    run(Command::new("cp")
         .args(["-a", "--sparse=always", "--reflink=auto"])
         .arg(&good)
         .arg(good.with_file_name("repo"))
-        .arg(out.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
+        .arg(out.path()))
+    .unwrap();
     let before = snapshot(out.path());
 
     let inputs = tempfile::tempdir().unwrap();
@@ -614,13 +627,14 @@ fn bad_images_fail_the_build_naming_container_and_image() {
         (corrupt, "digest"),
     ];
     let build = |manifest: &Path, output: &Path| {
-        Command::new(berth_qemu_tests::fixture::berth_bin())
-            .arg("build")
-            .arg(manifest)
-            .arg("--output")
-            .arg(output)
-            .output()
-            .unwrap()
+        command::output(
+            Command::new(berth_qemu_tests::fixture::berth_bin())
+                .arg("build")
+                .arg(manifest)
+                .arg("--output")
+                .arg(output),
+        )
+        .unwrap()
     };
     // Into an output directory that does not exist yet: not even that
     // directory is created.

@@ -10,28 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use berth_qemu_tests::command::{output, run_text, text};
 use berth_qemu_tests::{fixture, image};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
 
 /// (start, size) in bytes of partition `n` (1-based), from sfdisk's JSON.
 fn partition(image: &Path, n: usize) -> (u64, u64) {
-    let json = run(Command::new("sfdisk").arg("--json").arg(image));
+    let json = run_text(Command::new("sfdisk").arg("--json").arg(image)).unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let p = &v["partitiontable"]["partitions"][n - 1];
     let sector = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
@@ -67,7 +51,7 @@ fn restore_setid_bits(fs: &Path, objects: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let cmds = dir.path().join("cmds");
     std::fs::write(&cmds, script).unwrap();
-    let listing = run(Command::new("debugfs").arg("-f").arg(&cmds).arg(fs));
+    let listing = run_text(Command::new("debugfs").arg("-f").arg(&cmds).arg(fs)).unwrap();
     let mut current = String::new();
     let mut fixed = 0;
     for line in listing.lines() {
@@ -103,11 +87,12 @@ fn minimal() -> PathBuf {
 #[test]
 fn partition_table_is_valid_gpt_with_discoverable_types() {
     let img = minimal();
-    run(Command::new("sfdisk").arg("--verify").arg(&img));
-    let v = run(Command::new("sgdisk").arg("-v").arg(&img));
+    run_text(Command::new("sfdisk").arg("--verify").arg(&img)).unwrap();
+    let v = run_text(Command::new("sgdisk").arg("-v").arg(&img)).unwrap();
     assert!(v.contains("No problems found"), "{v}");
     let json: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&img))).unwrap();
+        serde_json::from_str(&run_text(Command::new("sfdisk").arg("--json").arg(&img)).unwrap())
+            .unwrap();
     let parts = json["partitiontable"]["partitions"].as_array().unwrap();
     assert_eq!(json["partitiontable"]["label"], "gpt");
     assert_eq!(
@@ -129,29 +114,38 @@ fn esp_passes_fsck_and_holds_systemd_boot_and_one_entry() {
     let dir = tempfile::tempdir().unwrap();
     let esp = dir.path().join("esp.img");
     extract(&img, partition(&img, 1), &esp);
-    run(Command::new("fsck.vfat").arg("-n").arg(&esp));
-    let bootx = run(Command::new("mdir").arg("-i").arg(&esp).arg("::/EFI/BOOT"));
+    run_text(Command::new("fsck.vfat").arg("-n").arg(&esp)).unwrap();
+    let bootx = run_text(Command::new("mdir").arg("-i").arg(&esp).arg("::/EFI/BOOT")).unwrap();
     assert!(bootx.contains("BOOTX64"), "{bootx}");
-    let entries = run(Command::new("mdir")
-        .args(["-b", "-i"])
-        .arg(&esp)
-        .arg("::/loader/entries"));
+    let entries = run_text(
+        Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(&esp)
+            .arg("::/loader/entries"),
+    )
+    .unwrap();
     let names: Vec<&str> = entries.lines().filter(|l| l.ends_with(".conf")).collect();
     assert_eq!(names.len(), 1, "{entries}");
-    let entry = run(Command::new("mtype")
-        .arg("-i")
-        .arg(&esp)
-        .arg(format!("::{}", names[0].trim_start_matches("::"))));
+    let entry = run_text(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(&esp)
+            .arg(format!("::{}", names[0].trim_start_matches("::"))),
+    )
+    .unwrap();
     assert!(entry.contains("linux /berth/"), "{entry}");
     assert!(
         entry.contains("ostree=/ostree/deploy/berth/deploy/"),
         "{entry}"
     );
     assert!(entry.contains("root=PARTUUID="), "{entry}");
-    let conf = run(Command::new("mtype")
-        .arg("-i")
-        .arg(&esp)
-        .arg("::/loader/loader.conf"));
+    let conf = run_text(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(&esp)
+            .arg("::/loader/loader.conf"),
+    )
+    .unwrap();
     assert!(!conf.contains("default"), "{conf}");
 }
 
@@ -161,34 +155,49 @@ fn root_passes_e2fsck_and_its_repo_and_sysroot_check_out() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root.img");
     extract(&img, partition(&img, 2), &root);
-    run(Command::new("e2fsck").args(["-f", "-n"]).arg(&root));
+    run_text(Command::new("e2fsck").args(["-f", "-n"]).arg(&root)).unwrap();
     // Copy the file system out without mounting it.
     let tree = dir.path().join("tree");
     std::fs::create_dir(&tree).unwrap();
     for top in ["/ostree", "/boot"] {
-        run(Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("rdump {top} {}", tree.display()))
-            .arg(&root));
+        run_text(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("rdump {top} {}", tree.display()))
+                .arg(&root),
+        )
+        .unwrap();
     }
     restore_setid_bits(&root, &tree.join("ostree/repo/objects"));
-    let fsck = run(Command::new("ostree")
-        .arg("fsck")
-        .arg(format!("--repo={}", tree.join("ostree/repo").display())));
+    let fsck = run_text(
+        Command::new("ostree")
+            .arg("fsck")
+            .arg(format!("--repo={}", tree.join("ostree/repo").display())),
+    )
+    .unwrap();
     assert!(!fsck.contains("corrupted"), "{fsck}");
-    let status = run(Command::new("ostree")
-        .args(["admin", "status"])
-        .arg(format!("--sysroot={}", tree.display())));
+    let status = run_text(
+        Command::new("ostree")
+            .args(["admin", "status"])
+            .arg(format!("--sysroot={}", tree.display())),
+    )
+    .unwrap();
     assert!(status.contains("berth "), "{status}");
     assert!(status.contains("Version: 1.0.0"), "{status}");
     let build_repo = img.parent().unwrap().join("repo");
-    let fsck = run(Command::new("ostree")
-        .arg("fsck")
-        .arg(format!("--repo={}", build_repo.display())));
+    let fsck = run_text(
+        Command::new("ostree")
+            .arg("fsck")
+            .arg(format!("--repo={}", build_repo.display())),
+    )
+    .unwrap();
     assert!(!fsck.contains("corrupted"), "{fsck}");
-    let refs = run(Command::new("ostree")
-        .arg("refs")
-        .arg(format!("--repo={}", build_repo.display())));
+    let refs = run_text(
+        Command::new("ostree")
+            .arg("refs")
+            .arg(format!("--repo={}", build_repo.display())),
+    )
+    .unwrap();
     assert!(refs.lines().any(|r| r == "berth/minimal/x86_64"), "{refs}");
 }
 
@@ -206,18 +215,24 @@ fn same_inputs_give_the_same_image_bytes() {
             // The repository's signing key is an input too (its public half
             // is in the image): b's repository gets a's.
             std::fs::create_dir_all(&out).unwrap();
-            run(Command::new("cp")
-                .arg("-a")
-                .arg(dir.path().join("a/repo.signing"))
-                .arg(out.join("repo.signing")));
+            run_text(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(dir.path().join("a/repo.signing"))
+                    .arg(out.join("repo.signing")),
+            )
+            .unwrap();
         }
-        run(Command::new(fixture::berth_bin())
-            .arg("build")
-            .arg(&manifest)
-            .arg("--output")
-            .arg(&out)
-            .env("SOURCE_DATE_EPOCH", "1700000000"));
-        let sum = run(Command::new("sha256sum").arg(out.join("minimal.raw")));
+        run_text(
+            Command::new(fixture::berth_bin())
+                .arg("build")
+                .arg(&manifest)
+                .arg("--output")
+                .arg(&out)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        )
+        .unwrap();
+        let sum = run_text(Command::new("sha256sum").arg(out.join("minimal.raw"))).unwrap();
         sums.push(sum.split_whitespace().next().unwrap().to_string());
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
@@ -242,19 +257,15 @@ fn minimal_variant(dir: &Path, version: &str, size: &str, extra: &str) -> PathBu
 
 /// `berth build MANIFEST --output OUT`: exit code and all its output.
 fn build(manifest: &Path, out: &Path) -> (i32, String) {
-    let o = Command::new(fixture::berth_bin())
-        .arg("build")
-        .arg(manifest)
-        .arg("--output")
-        .arg(out)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.code().unwrap_or(-1), text)
+    let o = output(
+        Command::new(fixture::berth_bin())
+            .arg("build")
+            .arg(manifest)
+            .arg("--output")
+            .arg(out),
+    )
+    .unwrap();
+    (o.status.code().unwrap_or(-1), text(&o))
 }
 
 /// Every file under `out` as (path, size, mtime, contents of small
@@ -304,10 +315,13 @@ fn image_repo_config(img: &Path) -> String {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root.img");
     extract(img, partition(img, 2), &root);
-    run(Command::new("debugfs")
-        .arg("-R")
-        .arg("cat /ostree/repo/config")
-        .arg(&root))
+    run_text(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /ostree/repo/config")
+            .arg(&root),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -372,9 +386,12 @@ fn a_build_that_fails_after_its_commit_publishes_nothing() {
         "{second}"
     );
     assert_eq!(key_line(&second), key_line(&first), "{first}\n{second}");
-    let log = run(Command::new("ostree")
-        .arg(format!("--repo={}", out.join("repo").display()))
-        .args(["log", "berth/minimal/x86_64"]));
+    let log = run_text(
+        Command::new("ostree")
+            .arg(format!("--repo={}", out.join("repo").display()))
+            .args(["log", "berth/minimal/x86_64"]),
+    )
+    .unwrap();
     assert!(
         log.contains("Version: 2.0.0") && log.contains("Version: 1.0.0"),
         "{log}"
@@ -398,19 +415,19 @@ fn an_image_built_with_verify_false_has_no_key_and_says_so() {
     assert!(!out.join("repo.signing").exists(), "a key was made");
     assert!(!out.join("repo/summary.sig").exists());
     let repo = format!("--repo={}", out.join("repo").display());
-    let show = run(Command::new("ostree")
-        .arg(&repo)
-        .args(["show", "berth/minimal/x86_64"]));
+    let show = run_text(
+        Command::new("ostree")
+            .arg(&repo)
+            .args(["show", "berth/minimal/x86_64"]),
+    )
+    .unwrap();
     assert!(!show.contains("signature"), "{show}");
-    let ls = Command::new("ostree")
-        .arg(&repo)
-        .args([
-            "ls",
-            "berth/minimal/x86_64",
-            "/usr/lib/berth/update-key.asc",
-        ])
-        .output()
-        .unwrap();
+    let ls = output(Command::new("ostree").arg(&repo).args([
+        "ls",
+        "berth/minimal/x86_64",
+        "/usr/lib/berth/update-key.asc",
+    ]))
+    .unwrap();
     assert!(!ls.status.success(), "the image carries a key");
     let config = image_repo_config(&out.join("minimal.raw"));
     assert!(

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_hostapi::control::ServiceStatus;
-use berth_qemu_tests::{POWER_OFF_TIMEOUT, READY_TIMEOUT, Vm, VmOptions, image, skip_unless_qemu};
+use berth_qemu_tests::{
+    Check, POWER_OFF_TIMEOUT, READY_TIMEOUT, Vm, VmOptions, image, skip_unless_qemu, wait_until,
+};
 
 const SERVICES: &str = "qemu-tests/manifests/services.toml";
 /// One shell command in the guest (TCG, a busy machine).
@@ -75,35 +77,34 @@ fn wait_service(
     what: &str,
     ok: impl Fn(&ServiceStatus) -> bool,
 ) -> ServiceStatus {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let all = services(vm);
-        let found = all.iter().find(|s| s.name == name);
-        if let Some(s) = found.filter(|s| ok(s)) {
-            return s.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: not {what} within {SETTLE:?}; last seen: {found:?}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_until(
+        SETTLE,
+        Duration::from_secs(1),
+        &format!("{name} to be {what}"),
+        || {
+            let all = services(vm);
+            let found = all.iter().find(|s| s.name == name);
+            Ok(match found.filter(|s| ok(s)) {
+                Some(s) => Check::Done(s.clone()),
+                None => Check::NotYet(format!("{found:?}")),
+            })
+        },
+    )
+    .unwrap()
 }
 
 /// Polls `cmd` in the guest until its output satisfies `ok`.
 fn wait_output(vm: &mut Vm, cmd: &str, ok: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    let what = format!("the expected output of `{cmd}`");
+    wait_until(SETTLE, Duration::from_secs(1), &what, || {
         let (code, out) = vm.run_shell(cmd, SHELL).unwrap();
-        if code == 0 && ok(&out) {
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{cmd}`: no expected output within {SETTLE:?}; last: {out:?} (exit {code})"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+        Ok(if code == 0 && ok(&out) {
+            Check::Done(out)
+        } else {
+            Check::NotYet(format!("{out:?} (exit {code})"))
+        })
+    })
+    .unwrap()
 }
 
 /// The position of `what` in `text`; panics if absent.

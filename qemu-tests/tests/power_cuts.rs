@@ -27,7 +27,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_qemu_tests::{
-    READY_TIMEOUT, Snapshot, UpdateServer, Vm, VmOptions, image, skip_unless_qemu,
+    Check, READY_TIMEOUT, Snapshot, UpdateServer, Vm, VmOptions, image, skip_unless_qemu,
+    wait_until,
 };
 
 const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
@@ -103,24 +104,26 @@ fn booted(status: &serde_json::Value) -> &serde_json::Value {
 /// Waits until this boot's boot-check has run (its record names the
 /// booted deployment and no deployment lacks an entry); returns status.
 fn wait_for_boot_check(vm: &mut Vm) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let st = vm.status_json();
-        let b = booted(&st);
-        let id = format!("{}.{}", b["commit"].as_str().unwrap_or(""), b["serial"]);
-        let checked = st["boot_check"]["booted"].as_str() == Some(id.as_str());
-        let whole = st["deployments"]
-            .as_array()
-            .is_some_and(|d| d.iter().all(|d| d["boot_state"] != "no-entry"));
-        if checked && whole {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "boot-check did not run or left a deployment without entry: {st}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    wait_until(
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        "boot-check to run and leave no deployment without entry",
+        || {
+            let st = vm.status_json();
+            let b = booted(&st);
+            let id = format!("{}.{}", b["commit"].as_str().unwrap_or(""), b["serial"]);
+            let checked = st["boot_check"]["booted"].as_str() == Some(id.as_str());
+            let whole = st["deployments"]
+                .as_array()
+                .is_some_and(|d| d.iter().all(|d| d["boot_state"] != "no-entry"));
+            Ok(if checked && whole {
+                Check::Done(st)
+            } else {
+                Check::NotYet(st.to_string())
+            })
+        },
+    )
+    .unwrap()
 }
 
 /// What a trial saw.
@@ -169,13 +172,22 @@ fn after_the_cut(vm: Vm, fx: &Fixture, what: &str) -> Outcome {
     let b = booted(&st);
     assert_eq!(b["version"], "2.0.0", "{what}: {st}");
     // Blessed at the ready line (waited for: the check and the blessing
-    // race the shell).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut st = st;
-    while booted(&st)["boot_state"] != "good" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(1));
-        st = vm.status_json();
-    }
+    // race the shell); the first look is at the status just read.
+    let mut first = Some(st);
+    let st = wait_until(
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        &format!("{what}: the booted entry to be blessed"),
+        || {
+            let st = first.take().unwrap_or_else(|| vm.status_json());
+            Ok(if booted(&st)["boot_state"] == "good" {
+                Check::Done(st)
+            } else {
+                Check::NotYet(st.to_string())
+            })
+        },
+    )
+    .unwrap();
     assert_eq!(booted(&st)["boot_state"], "good", "{what}: {st}");
     let entries = vm.sh("ls -a /efi/loader/entries");
     assert!(

@@ -13,10 +13,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use berth_qemu_tests::command::{output, run};
 use berth_qemu_tests::{
-    READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, image, skip_unless_qemu, workspace_root,
+    Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, image, skip_unless_qemu,
+    wait_until, workspace_root,
 };
 
 const MANIFEST: &str = "qemu-tests/manifests/provision.toml";
@@ -29,12 +31,10 @@ const GIB: u64 = 1 << 30;
 /// An ed25519 key pair made by ssh-keygen: (private key file, public line).
 fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(name);
-    let out = Command::new("ssh-keygen")
+    run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .output()
-        .expect("running ssh-keygen (openssh-client)");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
+        .arg(&key))
+    .unwrap();
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     (key, public.trim().to_string())
 }
@@ -56,90 +56,85 @@ fn seed(dir: &Path, name: &str, user_data: &str, meta_data: &str) -> PathBuf {
     std::fs::write(&user, user_data).unwrap();
     std::fs::write(&meta, meta_data).unwrap();
     let img = dir.join(format!("{name}.img"));
-    let out = Command::new("cloud-localds")
+    run(Command::new("cloud-localds")
         .arg(&img)
         .arg(&user)
-        .arg(&meta)
-        .output()
-        .expect("running cloud-localds (cloud-image-utils)");
-    assert!(out.status.success(), "cloud-localds: {out:?}");
+        .arg(&meta))
+    .unwrap();
     img
 }
 
 /// Runs `cmd` over SSH as root on the forwarded `port` with `key`.
 fn ssh(port: u16, key: &Path, cmd: &str) -> Output {
-    Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "PasswordAuthentication=no",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=60",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", cmd])
-        .output()
-        .expect("running ssh (openssh-client)")
+    output(
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "PasswordAuthentication=no",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=60",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+            ])
+            .arg(key)
+            .args(["-p", &port.to_string(), "root@127.0.0.1", cmd]),
+    )
+    .unwrap()
 }
 
 /// Logs in with `key` and runs `cmd`, retrying while the connection itself
 /// fails (exit 255 before authentication, e.g. during host key generation).
 fn ssh_ok(port: u16, key: &Path, cmd: &str) -> String {
-    let deadline = Instant::now() + SSH_TIMEOUT;
-    loop {
+    let what = format!("ssh {cmd:?} with {} to work", key.display());
+    wait_until(SSH_TIMEOUT, Duration::from_secs(3), &what, || {
         let out = ssh(port, key, cmd);
         if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            return Ok(Check::Done(
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            ));
         }
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            Instant::now() < deadline && !err.contains("Permission denied"),
+            !err.contains("Permission denied"),
             "ssh {cmd:?} with {}: {:?}\n{err}",
             key.display(),
             out.status
         );
-        std::thread::sleep(Duration::from_secs(3));
-    }
+        Ok(Check::NotYet(format!("{:?}\n{err}", out.status)))
+    })
+    .unwrap()
 }
 
 /// A login with `key` is refused (authentication, not connection, fails).
 fn assert_refused(port: u16, key: &Path) {
-    let deadline = Instant::now() + SSH_TIMEOUT;
-    loop {
+    let what = format!("a refusal for {}", key.display());
+    wait_until(SSH_TIMEOUT, Duration::from_secs(3), &what, || {
         let out = ssh(port, key, "true");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{} logged in", key.display());
-        if err.contains("Permission denied") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no refusal for {}: {err}",
-            key.display()
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    }
-}
-
-fn sh(vm: &mut Vm, cmd: &str) -> String {
-    vm.sh(cmd).trim().to_string()
+        Ok(if err.contains("Permission denied") {
+            Check::Done(())
+        } else {
+            Check::NotYet(err.into_owned())
+        })
+    })
+    .unwrap()
 }
 
 /// Size of the root file system in bytes, from `df`.
 fn root_size(vm: &mut Vm) -> u64 {
-    let out = sh(vm, "df -k /sysroot | tail -n 1");
+    let out = vm.sh("df -k /sysroot | tail -n 1").trim().to_string();
     let kib: u64 = out
         .split_whitespace()
         .nth(1)
@@ -183,9 +178,13 @@ fn a_nocloud_seed_names_the_host_and_lets_its_key_in_and_the_root_fills_a_grown_
         "{console}"
     );
 
-    assert_eq!(sh(&mut vm, "hostname"), "alpha");
-    assert_eq!(sh(&mut vm, "cat /etc/motd"), "welcome to alpha");
-    assert!(sh(&mut vm, "cat /var/lib/berth/provisioned").starts_with("alpha-1\n"));
+    assert_eq!(vm.sh("hostname").trim(), "alpha");
+    assert_eq!(vm.sh("cat /etc/motd").trim(), "welcome to alpha");
+    assert!(
+        vm.sh("cat /var/lib/berth/provisioned")
+            .trim()
+            .starts_with("alpha-1\n")
+    );
     // The 1 GiB image on a 4 GiB disk: the root is the disk less the ESP
     // and ext4's own overhead.
     let size = root_size(&mut vm);
@@ -231,8 +230,8 @@ fn another_vm_from_the_same_image_is_another_machine_through_fw_cfg() {
     );
     // The image's own disk size: nothing to grow.
     assert!(!console.contains("root partition grown"), "{console}");
-    assert_eq!(sh(&mut vm, "hostname"), "beta");
-    assert!(sh(&mut vm, "grep ^ops: /etc/passwd").starts_with("ops:"));
+    assert_eq!(vm.sh("hostname").trim(), "beta");
+    assert!(vm.sh("grep ^ops: /etc/passwd").trim().starts_with("ops:"));
     assert_eq!(ssh_ok(port, &beta_key, "hostname"), "beta");
     assert_refused(port, &alpha_key);
 }
@@ -262,7 +261,7 @@ fn an_invalid_seed_is_reported_and_skipped_and_the_host_gets_ready() {
         console.contains("provisioning: NoCloud") && console.contains("skipped: user-data:"),
         "{console}"
     );
-    assert_eq!(sh(&mut vm, "hostname"), "unprovisioned");
+    assert_eq!(vm.sh("hostname").trim(), "unprovisioned");
     let recorded = vm
         .run_shell("test -e /var/lib/berth/provisioned", SHELL)
         .unwrap();
@@ -320,7 +319,7 @@ fn an_upgrade_revokes_a_key_dropped_from_the_manifest_and_keeps_provisioned_ones
         READY_TIMEOUT * 2,
     )
     .unwrap();
-    let keys = sh(&mut vm, "cat /root/.ssh/authorized_keys");
+    let keys = vm.sh("cat /root/.ssh/authorized_keys").trim().to_string();
     assert!(!keys.contains("image-a"), "{keys}");
     assert_refused(port, &key_a);
     assert_eq!(

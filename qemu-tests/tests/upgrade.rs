@@ -9,10 +9,12 @@
 //! an upgrade are in power_cuts.rs.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use berth_qemu_tests::command::{run, run_stdout};
 use berth_qemu_tests::{
-    READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu,
+    Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu, wait_until,
 };
 
 const SHELL: Duration = berth_qemu_tests::SHELL_TIMEOUT;
@@ -148,17 +150,23 @@ fn failed_version_comes_back_to_v2(
     .unwrap();
     // boot-check (a one-shot at every boot, not waited for by the ready
     // line) records the failure; give it its moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let st = loop {
-        let st = vm.status_json();
-        let failed = st["failed_commits"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|c| c == commit.as_str()));
-        if failed || std::time::Instant::now() > deadline {
-            break st;
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let st = wait_until(
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        &format!("boot-check to record {commit} as failed"),
+        || {
+            let st = vm.status_json();
+            let failed = st["failed_commits"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|c| c == commit.as_str()));
+            Ok(if failed {
+                Check::Done(st)
+            } else {
+                Check::NotYet(st.to_string())
+            })
+        },
+    )
+    .unwrap();
     assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
     let failed: Vec<&str> = st["failed_commits"]
         .as_array()
@@ -291,26 +299,21 @@ fn gpg_key(home: &Path, name: &str) -> String {
     std::fs::create_dir_all(home).unwrap();
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let gpg = |args: &[&str]| {
-        let out = std::process::Command::new("gpg")
-            .arg("--homedir")
-            .arg(home)
-            .args([
-                "--batch",
-                "--yes",
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                "",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_stdout(
+            Command::new("gpg")
+                .arg("--homedir")
+                .arg(home)
+                .args([
+                    "--batch",
+                    "--yes",
+                    "--pinentry-mode",
+                    "loopback",
+                    "--passphrase",
+                    "",
+                ])
+                .args(args),
+        )
+        .unwrap()
     };
     gpg(&[
         "--quick-gen-key",
@@ -359,18 +362,12 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
     let key_a = gpg_key(&d.join("a"), "a");
     let key_b = gpg_key(&d.join("b"), "b");
     let v1 = signed_manifest(d, "v1.toml", "1.0.0", Some(("a", &key_a)));
-    let out = std::process::Command::new(berth_qemu_tests::fixture::berth_bin())
+    run(Command::new(fixture::berth_bin())
         .arg("build")
         .arg(&v1)
         .arg("--output")
-        .arg(d.join("out"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(d.join("out")))
+    .unwrap();
     let image = d.join("out/signed.raw");
     let server = UpdateServer::start(&image).unwrap();
     let mut vm = Vm::boot(&image, options(&server)).unwrap();
@@ -421,11 +418,10 @@ fn a_signed_remote_refuses_unsigned_and_wrongly_signed_commits() {
     let out = vm.sh("berthctl upgrade");
     assert!(out.contains("deployed 2.0.2"), "{out}");
     for home in ["a", "b"] {
-        let _ = std::process::Command::new("gpgconf")
+        let _ = run(Command::new("gpgconf")
             .arg("--homedir")
             .arg(d.join(home))
-            .args(["--kill", "gpg-agent"])
-            .status();
+            .args(["--kill", "gpg-agent"]));
     }
 }
 
