@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use berth_hostapi::config::{Network, Readiness, Restart, Service};
 
-use crate::ffi;
 use crate::supervisor::spawn::DEFAULT_PATH;
+use crate::sys::ffi;
 
 /// How long to wait for a configured interface to appear.
 pub const LINK_WAIT: Duration = Duration::from_secs(5);
