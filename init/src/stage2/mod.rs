@@ -184,6 +184,14 @@ pub fn ensure_var_dirs(root: &Path) -> Vec<String> {
     errors
 }
 
+/// `service`, unless the configuration has one of that name: `berth build`
+/// lists the DHCP client's service itself, made by the same constructor
+/// ([`berth_hostapi::services::dhcp`]), so stage 2 adds it only to a
+/// configuration that lacks it.
+fn unless_configured(config: &HostConfig, service: Option<Service>) -> Option<Service> {
+    service.filter(|svc| !config.services.iter().any(|s| s.name == svc.name))
+}
+
 /// The services stage 2 adds to the manifest's.
 fn extra_units(config: &HostConfig, cmdline: &Cmdline, dhcp: Option<Service>) -> Vec<UnitSpec> {
     let mut out = Vec::new();
@@ -422,9 +430,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         // The data may have named another hostname.
         set_hostname(sys, &config);
     }
-    // The builder may already list the DHCP client among the services.
-    let dhcp = network::configure(&config.network)
-        .filter(|svc| !config.services.iter().any(|s| s.command == svc.command));
+    let dhcp = unless_configured(&config, network::configure(&config.network));
 
     let trial = bless::trial(Path::new(bless::EFIVARS_DIR));
     let ready_deadline = trial.as_ref().map(|t| {
@@ -546,5 +552,28 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o7777, 0o1777);
         Ok(())
+    }
+
+    #[test]
+    fn the_dhcp_client_is_added_only_to_a_configuration_without_it() {
+        let client = ["udhcpc", "-f", "-i", "eth0"].map(String::from);
+        let dhcp = || Some(berth_hostapi::services::dhcp(&client));
+        let web = Service {
+            name: "web".into(),
+            command: vec!["httpd".into()],
+            ..Service::default()
+        };
+        // As berth build writes it: the client is there already.
+        let built = HostConfig {
+            services: vec![berth_hostapi::services::dhcp(&client), web.clone()],
+            ..HostConfig::default()
+        };
+        assert_eq!(unless_configured(&built, dhcp()), None);
+        let without = HostConfig {
+            services: vec![web],
+            ..HostConfig::default()
+        };
+        assert_eq!(unless_configured(&without, dhcp()), dhcp());
+        assert_eq!(unless_configured(&without, None), None);
     }
 }
