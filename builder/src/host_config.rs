@@ -1,30 +1,16 @@
 //! From a manifest to the host configuration berth-init reads at boot
 //! (`/usr/lib/berth/host.json`).
 
-use berth_hostapi::config::{HostConfig, Network, Readiness, Restart, Service, ServiceKind};
+use berth_hostapi::config::{HostConfig, Network, Readiness, Service};
 
 use crate::manifest::Manifest;
-
-/// The name of the service that runs the DHCP client.
-pub const DHCP_SERVICE: &str = "dhcp";
 
 /// The host configuration of an image built from `m`, whose containers
 /// run as `containers` (services made by the container module).
 pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
     let mut services = Vec::new();
     if let Network::Dhcp { client, .. } = &m.network {
-        // The DHCP client is a supervised service like any other, but the
-        // host counts as ready without a lease: boot never waits forever
-        // on the network.
-        services.push(Service {
-            name: DHCP_SERVICE.into(),
-            kind: ServiceKind::Process,
-            command: client.clone(),
-            restart: Restart::Always,
-            ready: Readiness::Started,
-            required: false,
-            ..Service::default()
-        });
+        services.push(berth_hostapi::services::dhcp(client));
     }
     if let Some(ssh) = &m.ssh {
         services.push(ssh_service(ssh.port));
@@ -77,7 +63,7 @@ mod tests {
         )
         .unwrap();
         let h = from_manifest(&m, &[]);
-        assert_eq!(h.services[0].name, DHCP_SERVICE);
+        assert_eq!(h.services[0].name, berth_hostapi::services::DHCP_SERVICE);
         assert!(!h.services[0].required);
         assert_eq!(h.services[0].command[0], "udhcpc");
         assert_eq!(h.services[1].name, "web");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod error_chain;
 pub mod provisioning;
+pub mod services;
 
 /// The start of the line stage 2 prints on the console once every required
 /// service is ready. Stable: tests and tools match on it.

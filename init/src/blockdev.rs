@@ -201,7 +201,7 @@ pub fn wait_for_root(
     spec: &RootSpec,
     timeout: Duration,
 ) -> Result<Found, RootTimeout> {
-    let deadline = crate::clock::from_now(timeout);
+    let deadline = crate::sys::clock::from_now(timeout);
     loop {
         match find_root(paths, spec) {
             Ok(found) => return Ok(found),

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
-use crate::ffi;
+use crate::sys::ffi;
 use queue::{Origin, Queue};
 
 /// The console device the kernel gives PID 1.
@@ -155,11 +155,6 @@ pub fn pending_fd() -> Option<BorrowedFd<'static>> {
     } else {
         None
     }
-}
-
-/// Lines dropped since the start because the console did not take them.
-pub fn dropped_lines() -> u64 {
-    with_console(|q, _| q.total_dropped()).unwrap_or(0)
 }
 
 /// Waits until the console has sent everything written to it: the queue,

@@ -9,14 +9,14 @@ use crate::supervisor::spawn::{self, Output, SpawnSpec};
 use crate::sys::{ShutdownAction, Sys};
 
 /// How long the failure message stays on screen before the reboot.
-pub const REBOOT_DELAY: Duration = Duration::from_secs(10);
+pub(crate) const REBOOT_DELAY: Duration = Duration::from_secs(10);
 /// The emergency shell.
-pub const SHELL: &str = "/bin/sh";
+pub(crate) const SHELL: &str = "/bin/sh";
 
 /// The terminal behind /dev/console (the last entry of
 /// /sys/class/tty/console/active), so a shell there gets job control;
 /// /dev/console when it cannot be told.
-pub fn console_tty() -> PathBuf {
+pub(crate) fn console_tty() -> PathBuf {
     let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
     match active.split_whitespace().last() {
         Some(name) if Path::new("/dev").join(name).exists() => Path::new("/dev").join(name),
@@ -55,7 +55,7 @@ fn emergency_shell() {
 
 /// Reports a failed boot and never returns: emergency shell when `debug`
 /// and a shell exists, then a reboot after [`REBOOT_DELAY`].
-pub fn fail(sys: &dyn Sys, what: &str, debug: bool) -> ! {
+pub(crate) fn fail(sys: &dyn Sys, what: &str, debug: bool) -> ! {
     crate::say!("boot failed: {what}");
     if debug {
         if Path::new(SHELL).exists() {
@@ -71,7 +71,7 @@ pub fn fail(sys: &dyn Sys, what: &str, debug: bool) -> ! {
 }
 
 /// The panic hook of PID 1: a last resort, since PID 1 must not panic.
-/// Prints the panic and reboots after [`REBOOT_DELAY`]; unwinding out of
+/// Prints the panic and reboots after `REBOOT_DELAY`; unwinding out of
 /// PID 1 would be a kernel panic.
 pub fn install_panic_hook(pid1: bool) {
     std::panic::set_hook(Box::new(move |info| {
@@ -81,7 +81,7 @@ pub fn install_panic_hook(pid1: bool) {
             std::thread::sleep(REBOOT_DELAY);
             crate::console::drain();
             rustix::fs::sync();
-            let _ = crate::ffi::reboot_in_child(rustix::system::RebootCommand::Restart);
+            let _ = crate::sys::ffi::reboot_in_child(rustix::system::RebootCommand::Restart);
             crate::shutdown::sleep_forever();
         }
     }));

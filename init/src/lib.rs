@@ -13,50 +13,46 @@
 //!
 //! It never panics on purpose and never exits as PID 1. It is not a general
 //! init system: no runlevels, no inittab, no udev, no logins.
+//!
+//! The source has a directory per room: `stage1/` (runs only in the
+//! initramfs), `stage2/` (only in the booted host), `supervisor/` (the
+//! services, under stage 2 or `berth-init supervise`) and `sys/` (the
+//! system layer under all of them). The modules at the top are shared by
+//! both stages: the console, the kernel command line, mounts, block
+//! devices and GPT, kernel modules, the watchdog, shutdown and boot
+//! failure. Only what the binary calls is public: [`pid1_main`], [`cli`],
+//! [`supervise`] and [`failure::install_panic_hook`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
-pub mod bless;
-pub mod blockdev;
-pub mod cli;
-pub mod clock;
-pub mod cmdline;
-pub mod coldplug;
-pub mod console;
-pub mod control;
-pub mod envfile;
+mod stage1;
+mod stage2;
+mod supervisor;
+mod sys;
+
+// Shared by both stages (failure is public for its panic hook).
+mod blockdev;
+mod cmdline;
+mod console;
 pub mod failure;
-pub mod fault;
-pub mod ffi;
-pub mod gpt;
-pub mod growroot;
-pub mod modules;
-pub mod mounts;
-pub mod network;
-pub mod oneshot;
-pub mod powerbutton;
-pub mod prepare_root;
-pub mod reaper;
-pub mod shutdown;
-pub mod signals;
-pub mod stage1;
-pub mod stage2;
-pub mod supervise;
-pub mod supervisor;
-pub mod switch_root;
-pub mod sys;
-pub mod sysctl;
-pub mod users;
-pub mod watchdog;
+mod gpt;
+mod modules;
+mod mounts;
+mod shutdown;
+mod watchdog;
+
+// The binary's command line and `supervise` command.
+pub mod cli;
+pub use supervisor::supervise;
 
 use std::path::Path;
 
 /// The systemd convention for "this is an initramfs"; the builder creates
 /// it in Berth's initramfs.
-pub const INITRD_RELEASE: &str = "/etc/initrd-release";
+const INITRD_RELEASE: &str = "/etc/initrd-release";
 
-/// PID 1: stage 1 or stage 2 by [`INITRD_RELEASE`]. Never returns.
+/// PID 1: stage 1 or stage 2 by `INITRD_RELEASE`. Never returns.
 pub fn pid1_main() -> ! {
     let sys = sys::RealSys;
     failure::install_panic_hook(true);

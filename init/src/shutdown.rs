@@ -92,7 +92,7 @@ pub fn shutdown(sys: &dyn Sys, action: ShutdownAction) -> ! {
 /// PID 1's last state: reap whatever still exits, forever.
 pub fn sleep_forever() -> ! {
     loop {
-        let _ = crate::reaper::reap_all();
+        let _ = crate::sys::reaper::reap_all();
         std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -28,10 +28,6 @@ pub const SYSFS_DIR: &str = "/sys/class/watchdog";
 pub const SOFTDOG_MODULE: &str = "softdog";
 /// What softdog calls itself in sysfs (`identity`).
 pub const SOFTDOG_IDENTITY: &str = "Software Watchdog";
-/// The timeout when the configuration gives none: long enough for a
-/// loaded machine without KVM (whose loop still turns every second or
-/// so), short enough that a hung host is back within about a minute.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// At most one keep-alive per this long: the loop can turn thousands of
 /// times a second under load.
 pub const PET_INTERVAL: Duration = Duration::from_secs(1);
@@ -115,8 +111,8 @@ impl Watchdog {
             })?;
         let wanted = u32::try_from(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0))
             .unwrap_or(u32::MAX);
-        let secs = crate::ffi::watchdog_timeout(&file, Some(wanted))
-            .or_else(|_| crate::ffi::watchdog_timeout(&file, None))
+        let secs = crate::sys::ffi::watchdog_timeout(&file, Some(wanted))
+            .or_else(|_| crate::sys::ffi::watchdog_timeout(&file, None))
             .unwrap_or(0);
         let mut dog = Watchdog {
             file,

@@ -112,7 +112,7 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
     if matches!(network, Network::Dhcp { .. }) {
         if let Some(s) = services
             .iter()
-            .position(|s| s.name == crate::host_config::DHCP_SERVICE)
+            .position(|s| s.name == berth_hostapi::services::DHCP_SERVICE)
         {
             let span = name_spans.get(s).cloned().unwrap_or(0..0);
             return Err(c.err(

@@ -114,11 +114,13 @@ impl Queue {
     }
 
     /// Bytes waiting for the console.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pending.len()
     }
 
     /// Lines dropped since the start.
+    #[cfg(test)]
     pub fn total_dropped(&self) -> u64 {
         self.total
     }

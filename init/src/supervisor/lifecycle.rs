@@ -11,10 +11,10 @@ use super::readiness::{EXEC_PROBE_INTERVAL, STARTED_SETTLE};
 use super::service::{AfterStop, State};
 use super::spawn::{self, Output, SpawnSpec, Spawned};
 use super::{Pipe, Role, Supervisor};
-use crate::clock;
-use crate::reaper::Exit;
-use crate::signals;
-use crate::users;
+use crate::supervisor::users;
+use crate::sys::clock;
+use crate::sys::reaper::Exit;
+use crate::sys::signals;
 
 /// Pre-start and post-stop commands are killed after this long.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -73,7 +73,7 @@ impl Supervisor {
         let env = match &self.opts.env_dir {
             Some(dir) if role == Role::Main => {
                 let mut env = u.spec.env.clone();
-                env.extend(crate::envfile::read(
+                env.extend(crate::supervisor::envfile::read(
                     &dir.join(format!("{}.env", u.spec.name)),
                 ));
                 env

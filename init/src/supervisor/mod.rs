@@ -8,15 +8,25 @@
 //! is ready, and on shutdown stops services in reverse start order. It does
 //! not mount, reboot or exit by itself: [`Supervisor::run`] returns the
 //! shutdown action to the caller (stage 2, or the `supervise` command).
+//!
+//! This directory holds what only the supervisor uses: the control socket
+//! ([`control`]), service users ([`users`]) and environment files
+//! ([`envfile`]), the power button it watches ([`powerbutton`], opened
+//! by stage 2), and [`supervise`], the supervisor alone as a command.
 
-pub mod backoff;
+mod backoff;
+mod control;
 mod dirs;
-pub mod graph;
+mod envfile;
+mod graph;
 mod lifecycle;
-pub mod logs;
+mod logs;
+pub(crate) mod powerbutton;
 mod readiness;
-pub mod service;
-pub mod spawn;
+mod service;
+pub(crate) mod spawn;
+pub mod supervise;
+mod users;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -27,10 +37,10 @@ use berth_hostapi::config::Service;
 use berth_hostapi::control::{Request, Response};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::control::ControlServer;
-use crate::reaper;
-use crate::signals::{SignalAction, Signals};
+use crate::supervisor::control::ControlServer;
 use crate::sys::ShutdownAction;
+use crate::sys::reaper;
+use crate::sys::signals::{SignalAction, Signals};
 use logs::{LineBuffer, LogFile};
 use service::{State, Unit};
 
@@ -164,20 +174,21 @@ impl Supervisor {
     }
 
     /// Powers off cleanly when one of these input devices reports a
-    /// power-button press (see [`crate::powerbutton`]).
+    /// power-button press (see [`crate::supervisor::powerbutton`]).
     pub fn watch_power_buttons(&mut self, devices: Vec<std::fs::File>) {
         self.power_buttons = devices;
     }
 
     fn handle_power_buttons(&mut self) {
         let mut pressed = false;
-        let mut buf = [0u8; crate::powerbutton::EVENT_SIZE * 16];
+        let mut buf = [0u8; crate::supervisor::powerbutton::EVENT_SIZE * 16];
         for dev in &self.power_buttons {
             while let Ok(n) = rustix::io::read(dev, &mut buf) {
                 if n == 0 {
                     break;
                 }
-                pressed |= crate::powerbutton::pressed(buf.get(..n).unwrap_or_default());
+                pressed |=
+                    crate::supervisor::powerbutton::pressed(buf.get(..n).unwrap_or_default());
             }
         }
         if pressed {
@@ -290,8 +301,8 @@ impl Supervisor {
 
     fn handle_signals(&mut self) {
         for sig in self.signals.drain() {
-            if let SignalAction::Shutdown(action) = crate::signals::action_for(sig) {
-                crate::say!("received {}", crate::signals::signal_name(sig));
+            if let SignalAction::Shutdown(action) = crate::sys::signals::action_for(sig) {
+                crate::say!("received {}", crate::sys::signals::signal_name(sig));
                 self.begin_shutdown(action);
             }
         }
@@ -423,7 +434,7 @@ impl Supervisor {
             .all(Unit::is_ready);
         if all_ready && self.shutdown.is_none() {
             self.ready_announced = true;
-            let secs = crate::clock::since_boot().as_secs_f64();
+            let secs = crate::sys::clock::since_boot().as_secs_f64();
             let line = berth_hostapi::ready_line(
                 &self.opts.image,
                 &self.opts.version,

@@ -9,7 +9,7 @@ use berth_hostapi::control::ServiceStatus;
 
 use super::backoff::Backoff;
 use super::logs::LogFile;
-use crate::reaper::Exit;
+use crate::sys::reaper::Exit;
 
 /// What to do once the post-stop commands are done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

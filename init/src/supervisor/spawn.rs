@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 
 use rustix::pipe::PipeFlags;
 
-use crate::ffi::{self, ChildSetup};
-use crate::users::Identity;
+use crate::supervisor::users::Identity;
+use crate::sys::ffi::{self, ChildSetup};
 
 /// PATH for services (what Debian's login gives root).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -64,7 +64,7 @@ fn open_tty(path: &Path) -> io::Result<File> {
 }
 
 /// Starts the process. The child is not waited for here: PID 1 reaps every
-/// child in one place ([`crate::reaper`]).
+/// child in one place ([`crate::sys::reaper`]).
 pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Spawned> {
     let (program, args) = spec
         .argv

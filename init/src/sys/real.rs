@@ -1,4 +1,4 @@
-//! The real [`Sys`]: rustix calls, plus [`crate::ffi`] where rustix has no
+//! The real [`Sys`]: rustix calls, plus [`crate::sys::ffi`] where rustix has no
 //! wrapper.
 
 use std::ffi::CStr;
@@ -14,8 +14,9 @@ use rustix::mount::{MountFlags as RxFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::WaitOptions;
 use rustix::system::RebootCommand;
 
+use super::ffi;
 use super::{MountFlags, ShutdownAction, Sys};
-use crate::{ffi, mounts};
+use crate::mounts;
 
 /// The machine itself.
 #[derive(Debug, Default, Clone, Copy)]
@@ -191,7 +192,7 @@ impl Sys for RealSys {
     }
 
     fn wait_all_children(&self, timeout: Duration) -> bool {
-        let deadline = crate::clock::from_now(timeout);
+        let deadline = crate::sys::clock::from_now(timeout);
         loop {
             match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some(_)) => continue,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::ffi::Credentials;
+use crate::sys::ffi::Credentials;
 
 /// Why a service's user or group could not be resolved.
 #[derive(Debug, thiserror::Error)]

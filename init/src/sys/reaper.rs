@@ -22,6 +22,7 @@ impl Exit {
     }
 
     /// The shell convention: the code, or 128 + signal.
+    #[cfg(test)]
     pub fn code(self) -> i32 {
         match self {
             Exit::Code(c) => c,

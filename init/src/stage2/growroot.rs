@@ -149,7 +149,7 @@ pub fn grow(
     let table_bytes = (entry.last_lba + 1 - entry.first_lba) * sector;
     let kernel_bytes = sysfs_number(&part_sys.join("size"))? * 512;
     if kernel_bytes < table_bytes {
-        crate::ffi::resize_partition(&disk, number, entry.first_lba * sector, table_bytes)
+        crate::sys::ffi::resize_partition(&disk, number, entry.first_lba * sector, table_bytes)
             .map_err(io_err(format!(
                 "telling the kernel /dev/{part_name} grew (BLKPG)"
             )))?;
@@ -168,7 +168,7 @@ pub fn grow(
     // leaves the file system a little short of the partition's end).
     if want.saturating_sub(blocks) * block_size >= 1 << 20 {
         let dir = File::open(mount).map_err(io_err(format!("opening {}", mount.display())))?;
-        crate::ffi::ext4_resize(&dir, want).map_err(io_err(format!(
+        crate::sys::ffi::ext4_resize(&dir, want).map_err(io_err(format!(
             "growing the ext4 on {} online",
             found.device.display()
         )))?;

@@ -5,6 +5,14 @@
 //! `/lib/modules/<release>/modules.dep` with the modules it lists
 //! (uncompressed `.ko`, or compressed with kernel-side decompression), and
 //! optionally `/bin/sh` for the emergency shell.
+//!
+//! This directory holds what only stage 1 runs: [`prepare_root`] (the
+//! OSTree deployment's mounts) and [`switch_root`] (leaving the
+//! initramfs). What stage 2 uses too (the command line, mounts, block
+//! devices, modules) is at the top of the crate.
+
+mod prepare_root;
+mod switch_root;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,8 +20,8 @@ use std::time::Duration;
 use crate::blockdev::{self, BlockPaths};
 use crate::cmdline::{Cmdline, RootSpec};
 use crate::modules::{self, ModuleIndex};
+use crate::mounts;
 use crate::sys::{MountFlags, Sys};
-use crate::{mounts, prepare_root, switch_root};
 
 /// Where the physical root is mounted, and then the deployment.
 pub const SYSROOT: &str = "/sysroot";
@@ -224,12 +232,9 @@ mod tests {
 
     #[test]
     fn boot_finds_root_sets_up_deployment_and_switches() -> Result<(), Box<dyn std::error::Error>> {
-        let tmp = crate::prepare_root::tests::physical_root(false)?;
+        let tmp = prepare_root::tests::physical_root(false)?;
         let block = crate::blockdev::tests::fake_machine(tmp.path())?;
-        let deploy = tmp
-            .path()
-            .join("sysroot")
-            .join(crate::prepare_root::tests::DEPLOY);
+        let deploy = tmp.path().join("sysroot").join(prepare_root::tests::DEPLOY);
         // The fake does not move mounts: put stage 2 where /sysroot shows it.
         std::fs::create_dir_all(tmp.path().join("sysroot/usr/lib/berth"))?;
         std::fs::write(tmp.path().join("sysroot/usr/lib/berth/berth-init"), "")?;
@@ -238,7 +243,7 @@ mod tests {
             block,
             cmdline: Cmdline::parse(&format!(
                 "root=PARTUUID=6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab ostree=/{} berth.root_timeout=1",
-                crate::prepare_root::tests::DEPLOY
+                prepare_root::tests::DEPLOY
             )),
         };
         let sys = FakeSys::with_root(tmp.path());
@@ -254,7 +259,7 @@ mod tests {
             )
         );
         let calls = sys.calls();
-        let d = format!("/sysroot/{}", crate::prepare_root::tests::DEPLOY);
+        let d = format!("/sysroot/{}", prepare_root::tests::DEPLOY);
         let dev = format!("{}/dev/vda2", tmp.path().display());
         let expected_start = [
             "mkdir /sysroot 755".to_string(),

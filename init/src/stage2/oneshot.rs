@@ -5,7 +5,7 @@
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::ffi::{ChildSetup, configure_child};
+use crate::sys::ffi::{ChildSetup, configure_child};
 
 /// Why a one-shot command did not finish.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::process::Signal;
 
-use crate::ffi;
 use crate::sys::ShutdownAction;
+use crate::sys::ffi;
 
 /// What berth-init does about a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

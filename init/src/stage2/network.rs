@@ -11,15 +11,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_hostapi::config::{Network, Readiness, Restart, Service};
+use berth_hostapi::config::{Network, Service};
+use berth_hostapi::services;
 
-use crate::ffi;
 use crate::supervisor::spawn::DEFAULT_PATH;
+use crate::sys::ffi;
 
 /// How long to wait for a configured interface to appear.
 pub const LINK_WAIT: Duration = Duration::from_secs(5);
-/// The name of the DHCP client service.
-pub const DHCP_SERVICE: &str = "network";
 
 /// Brings up loopback.
 pub fn loopback_up() {
@@ -86,7 +85,8 @@ fn run(argv: &[String]) -> Result<(), String> {
 }
 
 /// Applies the network configuration; returns the DHCP client service to
-/// supervise, if any. Problems are printed, never fatal.
+/// supervise, if any ([`services::dhcp`], the one `berth build` puts in
+/// the configuration). Problems are printed, never fatal.
 pub fn configure(network: &Network) -> Option<Service> {
     match network {
         Network::None => None,
@@ -101,14 +101,7 @@ pub fn configure(network: &Network) -> Option<Service> {
                     LINK_WAIT.as_secs()
                 );
             }
-            Some(Service {
-                name: DHCP_SERVICE.into(),
-                command: client.clone(),
-                restart: Restart::Always,
-                ready: Readiness::Started,
-                required: false,
-                ..Service::default()
-            })
+            Some(services::dhcp(client))
         }
         Network::Static {
             interface,
@@ -172,7 +165,7 @@ mod tests {
         assert_eq!(
             svc,
             Some((
-                DHCP_SERVICE.to_string(),
+                services::DHCP_SERVICE.to_string(),
                 vec!["udhcpc".to_string(), "-f".to_string()],
                 false
             ))

@@ -244,7 +244,7 @@ impl ControlServer {
 
     /// Writes pending answers, waiting up to `timeout` (before exiting).
     pub fn flush_blocking(&mut self, timeout: Duration) {
-        let deadline = crate::clock::from_now(timeout);
+        let deadline = crate::sys::clock::from_now(timeout);
         while self.clients.iter().any(|c| !c.outbuf.is_empty()) && Instant::now() < deadline {
             self.flush();
             std::thread::sleep(Duration::from_millis(10));

@@ -1,20 +1,30 @@
-//! The system calls that change the machine during boot and shutdown
-//! (mounts, switch root, module loading, reboot), behind one trait.
+//! The system layer, under everything else, in both stages and the
+//! supervisor: the kernel's interfaces and nothing of Berth's policy.
 //!
-//! [`RealSys`] makes the calls; [`fake::FakeSys`] (tests only) records them,
-//! so the exact order of stage 1, stage 2 and shutdown is unit-tested
-//! without root, after youki's `libcontainer/src/syscall/`.
+//! This module: the system calls that change the machine during boot and
+//! shutdown (mounts, switch root, module loading, reboot), behind one
+//! trait. [`RealSys`] makes the calls; [`fake::FakeSys`] (tests only)
+//! records them, so the exact order of stage 1, stage 2 and shutdown is
+//! unit-tested without root, after youki's `libcontainer/src/syscall/`.
+//!
+//! Beside it: [`ffi`] (the few raw calls rustix lacks), [`signals`] (the
+//! blocked mask and the signalfd), [`reaper`] (wait statuses) and
+//! [`clock`] (boot-time clocks).
 
 use std::fmt;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-pub use real::RealSys;
+pub(crate) use real::RealSys;
 
+pub(crate) mod clock;
 #[cfg(test)]
-pub mod fake;
+pub(crate) mod fake;
+pub(crate) mod ffi;
 mod real;
+pub(crate) mod reaper;
+pub(crate) mod signals;
 
 /// The flags of a file-system mount, as data (printable in tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -6,6 +6,20 @@
 //! configuration), /lib/modules/<release>/ (modules.dep, modules.alias),
 //! /etc/passwd and /etc/group for service users, optionally /bin/sh (debug
 //! shell), `ip` (static network) and /usr/bin/berthctl (boot check).
+//!
+//! This directory holds what only stage 2 runs before and beside the
+//! supervisor: [`bless`] (boot counting), [`coldplug`], [`growroot`],
+//! [`network`], [`sysctl`], [`oneshot`] (provisioning) and [`fault`]
+//! (fault injection). What stage 1 uses too is at the top of the crate;
+//! the supervisor has its own directory.
+
+mod bless;
+mod coldplug;
+mod fault;
+mod growroot;
+mod network;
+mod oneshot;
+mod sysctl;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,11 +30,11 @@ use berth_hostapi::control::CONTROL_SOCKET_PATH;
 use crate::blockdev::{self, BlockPaths};
 use crate::cmdline::Cmdline;
 use crate::modules::{self, ModuleIndex};
-use crate::signals::Signals;
 use crate::supervisor::spawn::is_executable;
 use crate::supervisor::{Options, Supervisor, UnitSpec};
+use crate::sys::signals::Signals;
 use crate::sys::{MountFlags, Sys};
-use crate::{bless, coldplug, failure, mounts, network, shutdown, sysctl, watchdog};
+use crate::{failure, mounts, shutdown, watchdog};
 
 /// Where service logs go.
 pub const LOG_DIR: &str = "/var/log/berth";
@@ -170,6 +184,14 @@ pub fn ensure_var_dirs(root: &Path) -> Vec<String> {
     errors
 }
 
+/// `service`, unless the configuration has one of that name: `berth build`
+/// lists the DHCP client's service itself, made by the same constructor
+/// ([`berth_hostapi::services::dhcp`]), so stage 2 adds it only to a
+/// configuration that lacks it.
+fn unless_configured(config: &HostConfig, service: Option<Service>) -> Option<Service> {
+    service.filter(|svc| !config.services.iter().any(|s| s.name == svc.name))
+}
+
 /// The services stage 2 adds to the manifest's.
 fn extra_units(config: &HostConfig, cmdline: &Cmdline, dhcp: Option<Service>) -> Vec<UnitSpec> {
     let mut out = Vec::new();
@@ -262,7 +284,7 @@ fn root_partition(paths: &BlockPaths, cmdline: &Cmdline) -> Option<blockdev::Fou
 }
 
 /// Grows the root partition and its file system to fill the disk
-/// ([`crate::growroot`]); a failure is reported and the boot goes on with
+/// ([`growroot`]); a failure is reported and the boot goes on with
 /// the root as it is.
 fn grow_root(paths: &BlockPaths, root: Option<&blockdev::Found>) {
     let Some(root) = root else {
@@ -272,7 +294,7 @@ fn grow_root(paths: &BlockPaths, root: Option<&blockdev::Found>) {
     let mib = |bytes: u64| bytes >> 20;
     // /sysroot is read-only (sysroot.readonly) and the resize ioctl needs a
     // writable mount of the file system: /var is one.
-    match crate::growroot::grow(paths, root, Path::new("/var")) {
+    match growroot::grow(paths, root, Path::new("/var")) {
         Ok(report) => {
             if let Some((old, new)) = report.partition {
                 crate::say!(
@@ -311,7 +333,7 @@ fn arm_watchdog(config: &HostConfig) {
 
 /// Converts "ready within `deadline` of boot" into an Instant.
 fn deadline_from_boot(deadline: Duration) -> Instant {
-    crate::clock::from_now(deadline.saturating_sub(crate::clock::since_boot()))
+    crate::sys::clock::from_now(deadline.saturating_sub(crate::sys::clock::since_boot()))
 }
 
 /// Where provisioning leaves extra environment for services.
@@ -350,7 +372,7 @@ fn provision() -> bool {
         return false;
     }
     let argv = [BERTHCTL.to_string(), "provision".to_string()];
-    match crate::oneshot::run(&argv, PROVISION_TIMEOUT) {
+    match oneshot::run(&argv, PROVISION_TIMEOUT) {
         Ok(status) if status.success() => true,
         Ok(status) => {
             crate::say!("provisioning: berthctl provision failed ({status}); going on");
@@ -408,9 +430,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         // The data may have named another hostname.
         set_hostname(sys, &config);
     }
-    // The builder may already list the DHCP client among the services.
-    let dhcp = network::configure(&config.network)
-        .filter(|svc| !config.services.iter().any(|s| s.command == svc.command));
+    let dhcp = unless_configured(&config, network::configure(&config.network));
 
     let trial = bless::trial(Path::new(bless::EFIVARS_DIR));
     let ready_deadline = trial.as_ref().map(|t| {
@@ -436,7 +456,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     let fault = cmdline.fault;
     let on_ready: Box<dyn FnMut()> = Box::new(move || {
         if fault == Some(crate::cmdline::Fault::Pid1Hang) {
-            crate::fault::hang("after the ready line, before blessing the boot");
+            fault::hang("after the ready line, before blessing the boot");
         }
         if let Some(t) = &trial {
             match bless::bless(Path::new(ESP_MOUNT), t) {
@@ -457,7 +477,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         env_dir: Some(PathBuf::from(ENV_DIR)),
     };
     let mut supervisor = Supervisor::new(specs, signals, opts, Some(on_ready));
-    supervisor.watch_power_buttons(crate::powerbutton::open_all(
+    supervisor.watch_power_buttons(crate::supervisor::powerbutton::open_all(
         Path::new("/sys/class/input"),
         Path::new("/dev"),
     ));
@@ -532,5 +552,28 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o7777, 0o1777);
         Ok(())
+    }
+
+    #[test]
+    fn the_dhcp_client_is_added_only_to_a_configuration_without_it() {
+        let client = ["udhcpc", "-f", "-i", "eth0"].map(String::from);
+        let dhcp = || Some(berth_hostapi::services::dhcp(&client));
+        let web = Service {
+            name: "web".into(),
+            command: vec!["httpd".into()],
+            ..Service::default()
+        };
+        // As berth build writes it: the client is there already.
+        let built = HostConfig {
+            services: vec![berth_hostapi::services::dhcp(&client), web.clone()],
+            ..HostConfig::default()
+        };
+        assert_eq!(unless_configured(&built, dhcp()), None);
+        let without = HostConfig {
+            services: vec![web],
+            ..HostConfig::default()
+        };
+        assert_eq!(unless_configured(&without, dhcp()), dhcp());
+        assert_eq!(unless_configured(&without, None), None);
     }
 }

@@ -5,8 +5,8 @@
 use berth_hostapi::config::HostConfig;
 
 use crate::cli::SuperviseOpts;
-use crate::signals::Signals;
 use crate::supervisor::{Options, Supervisor, UnitSpec};
+use crate::sys::signals::Signals;
 
 /// Runs the supervisor until a shutdown; returns the exit code.
 pub fn run(opts: &SuperviseOpts) -> i32 {
