@@ -140,7 +140,11 @@ pub fn find_partition(
                     }
                 }
             }
-            Err(e) => seen.push(format!("{} ({})", disk.name, crate::console::chain(&e))),
+            Err(e) => seen.push(format!(
+                "{} ({})",
+                disk.name,
+                berth_hostapi::error_chain::one_line(&e)
+            )),
         }
     }
     Err(seen)

@@ -211,22 +211,9 @@ macro_rules! say {
     };
 }
 
-/// Formats an error with its chain of causes on one line:
-/// `mounting /dev/vda2 on /sysroot: No such device`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    berth_hostapi::error_chain::one_line(err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("mounting /dev/vda2 on /sysroot")]
-    struct Outer {
-        #[source]
-        source: std::io::Error,
-    }
 
     /// A pseudo-terminal: its master, and the path of its slave.
     fn pty() -> std::io::Result<(std::os::fd::OwnedFd, std::path::PathBuf)> {
@@ -356,16 +343,5 @@ mod tests {
         assert!(seen.contains(READY), "{seen:?}");
         assert!(seen.contains("since boot"), "{seen:?}");
         Ok(())
-    }
-
-    #[test]
-    fn chain_joins_causes() {
-        let err = Outer {
-            source: std::io::Error::from_raw_os_error(libc::ENODEV),
-        };
-        assert_eq!(
-            chain(&err),
-            "mounting /dev/vda2 on /sysroot: No such device (os error 19)"
-        );
     }
 }

@@ -60,7 +60,7 @@ pub fn pid1_main() -> ! {
     if Path::new(INITRD_RELEASE).exists() {
         let mut ctx = stage1::Context::default();
         let err = stage1::run(&sys, &mut ctx);
-        failure::fail(&sys, &console::chain(&err), ctx.debug)
+        failure::fail(&sys, &berth_hostapi::error_chain::one_line(&err), ctx.debug)
     } else {
         stage2::run(&sys)
     }

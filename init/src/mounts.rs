@@ -232,7 +232,9 @@ mod tests {
     fn a_failure_names_the_mount() {
         let sys = FakeSys::new().fail_on("mount -t sysfs");
         let err = mount_all(&sys, Path::new("/"), STAGE1_MOUNTS).err();
-        let text = err.map(|e| crate::console::chain(&e)).unwrap_or_default();
+        let text = err
+            .map(|e| berth_hostapi::error_chain::one_line(&e))
+            .unwrap_or_default();
         assert!(text.starts_with("mounting sysfs sysfs on /sys: "), "{text}");
         // /proc was mounted, nothing after /sys was tried.
         assert_eq!(sys.calls().len(), 4);

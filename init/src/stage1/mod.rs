@@ -124,7 +124,10 @@ fn module_index(root: &Path) -> Option<ModuleIndex> {
     match ModuleIndex::load(&dir) {
         Ok(index) => Some(index),
         Err(e) => {
-            crate::say!("no modules loaded: {}", crate::console::chain(&e));
+            crate::say!(
+                "no modules loaded: {}",
+                berth_hostapi::error_chain::one_line(&e)
+            );
             None
         }
     }
@@ -250,7 +253,7 @@ mod tests {
         let mut ctx = Context::default();
         let err = boot(&sys, &env, &mut ctx)
             .err()
-            .map(|e| crate::console::chain(&e));
+            .map(|e| berth_hostapi::error_chain::one_line(&e));
         // The fake exec "fails": that is the end of the recorded sequence.
         assert_eq!(
             err.as_deref(),

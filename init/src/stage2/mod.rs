@@ -80,7 +80,7 @@ pub fn firmware_mounts(sys: &dyn Sys, uefi: bool, esp: Option<&Path>) -> Vec<Str
     let mut errors = Vec::new();
     if uefi {
         if let Err(e) = mounts::mount_one(sys, Path::new("/"), &mounts::EFIVARFS) {
-            errors.push(crate::console::chain(&e));
+            errors.push(berth_hostapi::error_chain::one_line(&e));
         }
     }
     let Some(device) = esp else {
@@ -243,7 +243,10 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
     let index = match ModuleIndex::load(&dir) {
         Ok(i) => i,
         Err(e) => {
-            crate::say!("no module coldplug: {}", crate::console::chain(&e));
+            crate::say!(
+                "no module coldplug: {}",
+                berth_hostapi::error_chain::one_line(&e)
+            );
             return;
         }
     };
@@ -311,7 +314,10 @@ fn grow_root(paths: &BlockPaths, root: Option<&blockdev::Found>) {
                 );
             }
         }
-        Err(e) => crate::say!("growing the root: {}", crate::console::chain(&e)),
+        Err(e) => crate::say!(
+            "growing the root: {}",
+            berth_hostapi::error_chain::one_line(&e)
+        ),
     }
 }
 
@@ -326,7 +332,7 @@ fn arm_watchdog(config: &HostConfig) {
         Ok(what) => crate::say!("watchdog: armed {what}"),
         Err(e) => crate::say!(
             "watchdog: {}; running without one",
-            crate::console::chain(&e)
+            berth_hostapi::error_chain::one_line(&e)
         ),
     }
 }
@@ -462,7 +468,10 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
             match bless::bless(Path::new(ESP_MOUNT), t) {
                 Ok(Some(path)) => crate::say!("boot is good: blessed {}", path.display()),
                 Ok(None) => crate::say!("boot is good: {} already blessed", t.entry),
-                Err(e) => crate::say!("blessing the boot: {}", crate::console::chain(&e)),
+                Err(e) => crate::say!(
+                    "blessing the boot: {}",
+                    berth_hostapi::error_chain::one_line(&e)
+                ),
             }
         }
     });
@@ -493,7 +502,11 @@ pub fn run(sys: &dyn Sys) -> ! {
             drop(supervisor); // closes log files and the control socket
             shutdown::shutdown(sys, action)
         }
-        Err(e) => failure::fail(sys, &crate::console::chain(&e), cmdline.debug),
+        Err(e) => failure::fail(
+            sys,
+            &berth_hostapi::error_chain::one_line(&e),
+            cmdline.debug,
+        ),
     }
 }
 

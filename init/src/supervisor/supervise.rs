@@ -19,7 +19,7 @@ pub fn run(opts: &SuperviseOpts) -> i32 {
     let config = match HostConfig::load(&opts.config) {
         Ok(c) => c,
         Err(e) => {
-            crate::say!("{}", crate::console::chain(&e));
+            crate::say!("{}", berth_hostapi::error_chain::one_line(&e));
             return 1;
         }
     };
