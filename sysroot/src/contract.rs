@@ -71,10 +71,8 @@ impl Kargs {
     /// A deployment's whole command line, split: `root=` arguments are the
     /// disk's, `ostree=` is libostree's and dropped, the rest the image's.
     pub fn parse_options(options: &str) -> Kargs {
-        let (root, image) = options
-            .split_whitespace()
-            .filter(|a| !a.starts_with("ostree="))
-            .map(String::from)
+        let (root, image) = without_ostree(options)
+            .into_iter()
             .partition(|a| a.starts_with("root="));
         Kargs { root, image }
     }
@@ -105,6 +103,29 @@ impl Kargs {
     pub fn to_vec(&self) -> Vec<String> {
         self.root.iter().chain(&self.image).cloned().collect()
     }
+}
+
+/// libostree's own argument, naming the deployment the initramfs mounts:
+/// libostree writes it at every deploy, and a boot entry names the
+/// deployment's stable path in it.
+const OSTREE_KARG: &str = "ostree=";
+
+/// A deployment's arguments as libostree keeps them (its bootconfig's
+/// `options`), in their order, without libostree's `ostree=`.
+pub fn without_ostree(options: &str) -> Vec<String> {
+    options
+        .split_whitespace()
+        .filter(|a| !a.starts_with(OSTREE_KARG))
+        .map(String::from)
+        .collect()
+}
+
+/// The kernel command line of a deployment's boot entry: its arguments,
+/// then `ostree=` naming its stable path.
+pub fn entry_options(d: &DeploymentInfo) -> String {
+    let mut args = d.kargs.clone();
+    args.push(format!("{OSTREE_KARG}{}", d.stable_path()));
+    args.join(" ")
 }
 
 /// Deploys `commit` into Berth's stateroot as the new default, with
@@ -221,7 +242,7 @@ pub fn boot_entry(d: &DeploymentInfo, rank: usize) -> BootEntry {
         sort_key: format!("berth-{rank:03}"),
         linux: format!("/{folder}/vmlinuz"),
         initrd: format!("/{folder}/initramfs.img"),
-        options: d.cmdline(),
+        options: entry_options(d),
     }
 }
 

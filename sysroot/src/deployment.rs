@@ -55,13 +55,6 @@ impl DeploymentInfo {
     pub fn dir(&self) -> PathBuf {
         PathBuf::from(self.stable_path().trim_start_matches('/'))
     }
-
-    /// The kernel command line for this deployment's boot entry.
-    pub fn cmdline(&self) -> String {
-        let mut args = self.kargs.clone();
-        args.push(format!("ostree={}", self.stable_path()));
-        args.join(" ")
-    }
 }
 
 /// Opens the sysroot at `path` (`/` on a host) and loads it.
@@ -111,11 +104,7 @@ pub fn describe(
             .map(|s| s.to_string()),
     };
     if let Some(options) = d.bootconfig().and_then(|b| b.get("options")) {
-        info.kargs = options
-            .split_whitespace()
-            .filter(|a| !a.starts_with("ostree="))
-            .map(String::from)
-            .collect();
+        info.kargs = crate::contract::without_ostree(&options);
     }
     let dir = root.join(info.dir());
     let os_release = std::fs::read_to_string(dir.join("usr/lib/os-release")).unwrap_or_default();
@@ -185,7 +174,7 @@ mod tests {
         assert_eq!(d.stable_path(), "/ostree/deploy/berth/deploy/abc.1");
         assert_eq!(d.dir(), PathBuf::from("ostree/deploy/berth/deploy/abc.1"));
         assert_eq!(
-            d.cmdline(),
+            crate::contract::entry_options(&d),
             "root=PARTUUID=x console=ttyS0 ostree=/ostree/deploy/berth/deploy/abc.1"
         );
     }
