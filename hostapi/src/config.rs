@@ -45,6 +45,8 @@ pub struct HostConfig {
     pub watchdog_timeout_ms: u64,
     /// The services, in manifest order.
     pub services: Vec<Service>,
+    /// How the host updates itself (`[update]`): the update agent's policy.
+    pub update: crate::update::UpdatePolicy,
 }
 
 /// Network configuration of the host.

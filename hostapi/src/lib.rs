@@ -4,6 +4,8 @@
 //!   manifest and `berth-init` reads at boot.
 //! - [`control`]: the protocol on berth-init's control socket, spoken by
 //!   `berthctl`.
+//! - [`machine_id`]: the host's identity and the ids derived from it.
+//! - [`update`]: how a host updates itself (strategy, windows, rollouts).
 //! - [`provisioning`]: where per-host data is found (fw_cfg, `cidata`
 //!   volumes), for berth-init and `berthctl provision`.
 //! - [`READY_PREFIX`] and [`ready_line`]: the one line stage 2 prints when the
@@ -14,8 +16,10 @@
 pub mod config;
 pub mod control;
 pub mod error_chain;
+pub mod machine_id;
 pub mod provisioning;
 pub mod services;
+pub mod update;
 
 /// The start of the line stage 2 prints on the console once every required
 /// service is ready. Stable: tests and tools match on it.

@@ -22,6 +22,7 @@ pub mod esp_sync;
 pub mod fault;
 pub mod install;
 pub mod remote;
+pub mod rollout;
 
 pub use deployment::{DeploymentInfo, STATEROOT};
 
