@@ -43,6 +43,12 @@ pub enum Cmd {
         #[arg(long)]
         allow_downgrade: bool,
     },
+    /// The update agent: what it does, and holding it still.
+    Agent {
+        /// What to do.
+        #[command(subcommand)]
+        command: AgentCmd,
+    },
     /// Make the previous deployment the default.
     Rollback {
         /// Reboot into it.
@@ -87,6 +93,25 @@ pub enum Cmd {
     Halt,
 }
 
+/// The verbs of `berthctl agent`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// What the agent is doing and why.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold the host still: no checks, deploys or reboots (kept across
+    /// reboots) until `resume`.
+    Pause,
+    /// Let the agent work again.
+    Resume,
+    /// Run the agent (berth-init runs it as the update-agent service).
+    #[command(hide = true)]
+    Run,
+}
+
 /// Runs one verb.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cli.socket;
@@ -102,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 check,
                 force,
                 allow_downgrade,
+                ..Default::default()
             };
             let (outcome, code) = crate::upgrade::run(Path::new("/"), &opts)?;
             let pending = matches!(
@@ -113,6 +139,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(code)
         }
+        Cmd::Agent { command } => match command {
+            AgentCmd::Status { json } => crate::agent::status(Path::new("/"), json),
+            AgentCmd::Pause => crate::agent::set_paused(Path::new("/"), true),
+            AgentCmd::Resume => crate::agent::set_paused(Path::new("/"), false),
+            AgentCmd::Run => crate::agent::run(Path::new("/"), &socket),
+        },
         Cmd::Rollback { reboot } => {
             crate::rollback::run(Path::new("/"))?;
             if reboot {
@@ -158,6 +190,14 @@ mod tests {
         let c = Cli::try_parse_from(["berthctl", "status", "--json"]).unwrap();
         assert!(matches!(c.command, Cmd::Status { json: true }));
         assert!(Cli::try_parse_from(["berthctl", "frobnicate"]).is_err());
+        let c = Cli::try_parse_from(["berthctl", "agent", "status", "--json"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Cmd::Agent {
+                command: AgentCmd::Status { json: true }
+            }
+        ));
+        assert!(Cli::try_parse_from(["berthctl", "agent", "pause"]).is_ok());
         let c = Cli::try_parse_from(["berthctl", "upgrade", "--allow-downgrade"]).unwrap();
         assert!(matches!(
             c.command,

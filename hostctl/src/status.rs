@@ -89,11 +89,24 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let list = collect(Path::new("/")).context("reading the deployments")?;
     let failed = crate::host::failed_commits(Path::new("/"));
     let check = crate::bootcheck::last_record(Path::new("/"));
+    let policy = crate::agent::policy(Path::new("/"));
+    let identity = crate::identity::read(Path::new("/"), &policy);
+    let agent = crate::agent::state::load(Path::new("/"));
+    let paused = crate::agent::state::paused(Path::new("/"));
     if json {
         let value = serde_json::json!({
             "deployments": list,
             "failed_commits": failed,
             "boot_check": check,
+            "machine_id": identity.machine_id.map(|m| m.to_string()),
+            "host_id": identity.host_id.map(|m| m.to_string()),
+            "update": {
+                "strategy": policy.strategy.name(),
+                "wariness": identity.wariness,
+                "wariness_source": identity.wariness_source,
+                "paused": paused,
+                "agent": agent,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -117,6 +130,22 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             println!("    origin   {r}");
         }
     }
+    if let Some(m) = identity.machine_id {
+        println!("  machine id: {m}");
+    }
+    if let Some(h) = identity.host_id {
+        println!("  host id:    {h} (app-specific: what updates and fleets know this host by)");
+    }
+    let agent_line = match (&agent, paused) {
+        (_, true) => "paused".to_string(),
+        (Some(a), false) => format!("{}: {}", a.state.words(), a.message),
+        (None, false) => "not running".to_string(),
+    };
+    println!(
+        "  updates:    {} (wariness {:.2}); agent {agent_line}",
+        policy.strategy.name(),
+        identity.wariness
+    );
     if let Some(last) = failed.last() {
         println!("  last failed commit: {last}");
     }

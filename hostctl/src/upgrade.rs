@@ -31,6 +31,12 @@ pub struct UpgradeOpts {
     pub force: bool,
     /// Accept a commit older than the booted one.
     pub allow_downgrade: bool,
+    /// Pull this commit of the ref (the one the update agent checked),
+    /// not whatever the ref names by the time of the pull.
+    pub commit: Option<String>,
+    /// Run by the update agent, which has applied the rollout already;
+    /// a person's upgrade is told when it goes ahead of a rollout.
+    pub from_agent: bool,
 }
 
 /// What an upgrade did.
@@ -93,6 +99,7 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         booted: booted_commit.as_str(),
         allow_downgrade: opts.allow_downgrade,
         commit_only: opts.check,
+        commit: opts.commit.as_deref(),
     };
     eprintln!("berthctl: fetching {branch} from {remote}");
     repo.pull_with_options(
@@ -111,6 +118,11 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         .to_string();
     let version = commit_version(&repo, &new).unwrap_or_default();
 
+    if !opts.from_agent && new != booted.csum().as_str() {
+        if let Some(note) = rollout_note(root, &repo, remote, branch, &new) {
+            println!("berthctl: {note}");
+        }
+    }
     if new == booted.csum().as_str() {
         println!("berthctl: already up to date ({version}, {})", short(&new));
         return Ok((Outcome::UpToDate, ExitCode::SUCCESS));
@@ -189,6 +201,47 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
             version,
         },
         ExitCode::SUCCESS,
+    ))
+}
+
+/// What a person upgrading by hand should know about the staged rollout
+/// of `commit`: that this upgrade does not wait for it. `None` when the
+/// commit is not being rolled out, or the rollout has reached this host.
+/// (The summary was just fetched by the pull: it comes from the cache.)
+fn rollout_note(
+    root: &Path,
+    repo: &ostree::Repo,
+    remote: &str,
+    branch: &str,
+    commit: &str,
+) -> Option<String> {
+    let (summary, _) = repo
+        .remote_fetch_summary_with_options(remote, None, gio::Cancellable::NONE)
+        .ok()?;
+    let summary = berth_sysroot::rollout::parse_summary(&summary);
+    let signed = summary.rollouts.get(branch)?;
+    let rollout = crate::agent::check::checked_rollout(repo, remote, branch, signed).ok()?;
+    if rollout.commit != commit {
+        return None;
+    }
+    let policy = crate::agent::policy(root);
+    let wariness = crate::identity::read(root, &policy).wariness;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if rollout.admits(wariness, now) {
+        return None;
+    }
+    Some(format!(
+        "{} is in a staged rollout{} at {:.0}%, short of this host's wariness {:.2}: a manual upgrade does not wait for it",
+        short(commit),
+        if rollout.paused_at.is_some() {
+            ", paused"
+        } else {
+            ""
+        },
+        rollout.progress(now) * 100.0,
+        wariness
     ))
 }
 

@@ -50,6 +50,10 @@ pub struct Pull<'a> {
     pub allow_downgrade: bool,
     /// Fetch only the commit object (to see what is offered).
     pub commit_only: bool,
+    /// Pull this commit of the ref rather than whatever the summary names
+    /// at the time of the pull: the one the update agent checked (its
+    /// rollout, its failure record). The same checks apply to it.
+    pub commit: Option<&'a str>,
 }
 
 impl Pull<'_> {
@@ -63,6 +67,9 @@ impl Pull<'_> {
     pub fn options(&self) -> glib::Variant {
         let opts = glib::VariantDict::new(None);
         opts.insert_value("refs", &[self.branch].to_variant());
+        if let Some(commit) = self.commit {
+            opts.insert_value("override-commit-ids", &[commit].to_variant());
+        }
         let flags = if self.commit_only {
             ostree::RepoPullFlags::COMMIT_ONLY
         } else {
@@ -90,6 +97,7 @@ mod tests {
             booted: "abc",
             allow_downgrade: false,
             commit_only: false,
+            commit: None,
         };
         let opts = glib::VariantDict::new(Some(&pull.options()));
         assert_eq!(
@@ -114,6 +122,19 @@ mod tests {
         assert_eq!(
             opts.lookup::<Vec<String>>("refs").unwrap(),
             Some(vec!["berth/x/x86_64".to_string()])
+        );
+        assert_eq!(
+            opts.lookup::<Vec<String>>("override-commit-ids").unwrap(),
+            None
+        );
+        let pinned = Pull {
+            commit: Some("def"),
+            ..pull
+        };
+        let opts = glib::VariantDict::new(Some(&pinned.options()));
+        assert_eq!(
+            opts.lookup::<Vec<String>>("override-commit-ids").unwrap(),
+            Some(vec!["def".to_string()])
         );
     }
 }

@@ -232,6 +232,7 @@ fn pull(
         booted,
         allow_downgrade,
         commit_only: false,
+        commit: None,
     };
     host.pull_with_options(name, &opts.options(), None, gio::Cancellable::NONE)
         .map_err(|e| e.to_string())?;

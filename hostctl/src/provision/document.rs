@@ -7,7 +7,8 @@
 //!   `ssh_authorized_keys` (root's), `write_files` (path, content,
 //!   `encoding: b64`, permissions, owner, append);
 //! - a Berth extension: `berth: { service_env: { NAME: { KEY: VALUE } } }`,
-//!   extra environment for the manifest's services.
+//!   extra environment for the manifest's services, and
+//!   `berth: { update: { wariness: 0.2 } }`, this host's rollout wariness.
 //!
 //! Unknown cloud-init keys are ignored with a note (a seed made for
 //! cloud-init should still work for what Berth supports); malformed values
@@ -33,7 +34,7 @@ pub struct MetaData {
 }
 
 /// A `#cloud-config` document.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct UserData {
     /// The hostname (wins over meta-data's).
     #[serde(default)]
@@ -131,12 +132,25 @@ pub struct WriteFile {
 }
 
 /// The `berth:` extension.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BerthExtension {
     /// Extra environment per service name.
     #[serde(default)]
     pub service_env: BTreeMap<String, BTreeMap<String, String>>,
+    /// This host's own update settings.
+    #[serde(default)]
+    pub update: Option<UpdateExtension>,
+}
+
+/// `berth: { update: … }`: what one host does differently from its image.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateExtension {
+    /// This host's rollout wariness in [0, 1] (0 takes a staged release
+    /// first), over the image's `[update] wariness`.
+    #[serde(default)]
+    pub wariness: Option<f64>,
 }
 
 /// Why a document was skipped.
@@ -372,6 +386,17 @@ fn validate(doc: &UserData) -> Result<(), DocumentError> {
     }
     for f in &doc.write_files {
         check_file(f)?;
+    }
+    if let Some(w) = doc
+        .berth
+        .as_ref()
+        .and_then(|b| b.update.as_ref())
+        .and_then(|u| u.wariness)
+        .filter(|w| !(0.0..=1.0).contains(w))
+    {
+        return Err(invalid(format!(
+            "berth.update.wariness: {w} is not a number from 0 to 1"
+        )));
     }
     if let Some(b) = &doc.berth {
         for (svc, env) in &b.service_env {

@@ -349,6 +349,13 @@ pub fn document(
             d.put(&p, text.into_bytes(), 0o600, (0, 0))?;
             applied.service_env.push(svc.clone());
         }
+        if let Some(w) = b.update.as_ref().and_then(|u| u.wariness) {
+            let p = path(berth_hostapi::update::WARINESS_PATH)?;
+            d.put(&p, format!("{w}\n").into_bytes(), 0o644, (0, 0))?;
+            applied
+                .files
+                .push(berth_hostapi::update::WARINESS_PATH.to_string());
+        }
     }
     let text = format!(
         "{}\n{}\n{}\n",

@@ -126,7 +126,7 @@ fn invalid_documents_are_skipped_not_fatal() {
 fn applies_hostname_users_keys_files_and_env() {
     let t = host();
     let r = t.path();
-    let doc = "#cloud-config\nhostname: node-1\nusers:\n  - default\n  - name: ops\n    groups: [adm]\n    ssh_authorized_keys: [ssh-ed25519 AAAA ops]\nssh_authorized_keys: [ssh-ed25519 BBBB admin]\nwrite_files:\n  - path: /etc/motd\n    content: hello\n  - path: /var/lib/app/secret\n    encoding: b64\n    content: c2VjcmV0\n    permissions: '0600'\n    owner: ops:ops\nberth:\n  service_env:\n    web: {GREETING: hi}\n";
+    let doc = "#cloud-config\nhostname: node-1\nusers:\n  - default\n  - name: ops\n    groups: [adm]\n    ssh_authorized_keys: [ssh-ed25519 AAAA ops]\nssh_authorized_keys: [ssh-ed25519 BBBB admin]\nwrite_files:\n  - path: /etc/motd\n    content: hello\n  - path: /var/lib/app/secret\n    encoding: b64\n    content: c2VjcmV0\n    permissions: '0600'\n    owner: ops:ops\nberth:\n  service_env:\n    web: {GREETING: hi}\n  update:\n    wariness: 0.25\n";
     give(r, doc);
     let Outcome::Applied(a) = run(r).unwrap() else {
         panic!("not applied")
@@ -158,6 +158,7 @@ fn applies_hostname_users_keys_files_and_env() {
     assert_eq!(read(r, "var/lib/app/secret"), "secret");
     assert_eq!((secret.mode() & 0o777, secret.uid()), (0o600, 1001));
     assert_eq!(read(r, "etc/berth/env/web.env"), "GREETING=hi\n");
+    assert_eq!(read(r, "etc/berth/wariness"), "0.25\n");
     assert_eq!(
         std::fs::metadata(r.join("etc/shadow")).unwrap().mode() & 0o777,
         std::fs::metadata(r.join("etc/passwd")).unwrap().mode() & 0o777,
@@ -591,4 +592,13 @@ fn an_existing_account_gets_groups_without_a_new_home() {
     assert!(read(r, "etc/group").contains("\nadm:x:4:web\n"));
     assert!(!r.join("var/lib/web").exists());
     assert_eq!(read(r, "etc/passwd"), PASSWD);
+}
+
+#[test]
+fn a_wariness_outside_zero_to_one_skips_the_document() {
+    let t = host();
+    let r = t.path();
+    give(r, "#cloud-config\nberth:\n  update:\n    wariness: 1.5\n");
+    assert!(matches!(run(r).unwrap(), Outcome::Skipped(_)));
+    assert!(!r.join("etc/berth/wariness").exists());
 }

@@ -17,6 +17,7 @@ mod bless;
 mod coldplug;
 mod fault;
 mod growroot;
+mod machine_id;
 mod network;
 mod oneshot;
 mod sysctl;
@@ -426,6 +427,11 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     }
     for e in ensure_var_dirs(Path::new("/")) {
         crate::say!("{e}");
+    }
+    match machine_id::ensure(Path::new(berth_hostapi::machine_id::MACHINE_ID_PATH)) {
+        Ok(machine_id::Outcome::Made(_)) => crate::say!("first boot: made the machine id"),
+        Ok(machine_id::Outcome::Kept(_)) => {}
+        Err(e) => crate::say!("making the machine id: {e}"),
     }
     if cmdline.root.is_some() {
         grow_root(&paths, root.as_ref());
