@@ -97,6 +97,17 @@ impl UpdateServer {
         )
     }
 
+    /// Runs `berth rollout` on the served repository with `args` (`--ref`
+    /// and the rest); returns its output.
+    pub fn rollout(&self, args: &[&str]) -> Result<String> {
+        run_text(
+            Command::new(berth_bin())
+                .arg("rollout")
+                .arg(&self.repo)
+                .args(args),
+        )
+    }
+
     /// The commit `ostree_ref` points at in the served repository.
     pub fn rev(&self, ostree_ref: &str) -> Result<String> {
         let out = ostree(&self.repo, &["rev-parse", ostree_ref])?;

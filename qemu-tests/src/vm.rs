@@ -67,6 +67,10 @@ pub struct VmOptions {
     /// Extra emulated devices, as `-device` arguments (`i6300esb`, a
     /// hardware watchdog).
     pub devices: Vec<String>,
+    /// The guest's clock at power-on (`-rtc base=`, e.g.
+    /// `2026-12-02T02:55:00`, UTC): a test puts a guest just before a
+    /// maintenance window. `None`: the host's time.
+    pub rtc_base: Option<String>,
 }
 
 impl VmOptions {
@@ -114,6 +118,11 @@ impl VmOptions {
         for device in &self.devices {
             config.extra_args.extend(["-device".into(), device.into()]);
         }
+        if let Some(base) = &self.rtc_base {
+            config
+                .extra_args
+                .extend(["-rtc".into(), format!("base={base}").into()]);
+        }
         config
     }
 }
@@ -132,6 +141,7 @@ impl Default for VmOptions {
             extra_drives: Vec::new(),
             disk_size: None,
             devices: Vec::new(),
+            rtc_base: None,
         }
     }
 }

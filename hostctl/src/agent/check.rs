@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use berth_hostapi::update::Rollout;
+use berth_sysroot::bls::Assessment;
 use ostree::gio;
 
 use super::state::{RolloutWait, Version, deployed_by_agent};
@@ -75,7 +76,7 @@ pub fn look(root: &Path, wariness: f64, now: u64) -> anyhow::Result<Look> {
     }
     if failed_commits(root).contains(&offered) {
         look.verdict = Verdict::Idle(format!(
-            "the newest version ({}) failed to boot on this host; waiting for a newer one",
+            "the newest version ({}) failed to boot on this host before; waiting for a newer one",
             short(&offered)
         ));
         return Ok(look);
@@ -101,6 +102,17 @@ pub fn look(root: &Path, wariness: f64, now: u64) -> anyhow::Result<Look> {
             version: pending.version.clone(),
             commit: pending.checksum.clone(),
         };
+        let entries = berth_sysroot::esp_state::entry_names(&host.esp());
+        if entries.get(&pending.id()).map(|n| n.assessment()) == Some(Assessment::Bad) {
+            // Its tries ran out and systemd-boot came back here; boot-check
+            // (running now, or soon) records it as failed.
+            look.verdict = Verdict::Idle(format!(
+                "version {} ({}) failed to boot on this host (its boot tries ran out); waiting for a newer one",
+                pending.version,
+                short(&pending.checksum)
+            ));
+            return Ok(look);
+        }
         if ours.as_deref() != Some(pending.checksum.as_str()) {
             look.verdict = Verdict::Held(format!(
                 "version {} ({}) boots next, deployed by hand (berthctl upgrade or rollback): the agent leaves its reboot to whoever made it",
