@@ -28,6 +28,11 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
         ready_deadline_ms: m.host.ready_deadline_ms,
         watchdog_timeout_ms: m.host.watchdog_timeout_ms,
         services,
+        update: m
+            .update
+            .as_ref()
+            .map(|u| u.policy.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -168,11 +168,12 @@ impl Located<String> {
     }
 }
 
-/// `[update]`: the URL, and who signs. The three `gpg-*` keys go
+/// `[update]`: the URL, who signs, and the agent's policy. The three `gpg-*` keys go
 /// together (a public key with nothing to sign with would publish commits
 /// every host refuses; a signer without the public key gives hosts nothing
 /// to check with), and `verify = false` excludes them all.
 fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, ManifestError> {
+    let policy = super::policy::check(c, &u)?;
     let url = check_url(c, "update.url", u.url)?;
     let public = u.gpg_key.map(|k| c.located("update.gpg-key", k).map_path());
     let homedir = u
@@ -203,6 +204,7 @@ fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, Mani
         return Ok(Update {
             url,
             trust: UpdateTrust::Off(v.clone()),
+            policy,
         });
     }
     let (public, homedir, key_id) = match (public, homedir, key_id) {
@@ -210,6 +212,7 @@ fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, Mani
             return Ok(Update {
                 url,
                 trust: UpdateTrust::RepositoryKey,
+                policy,
             });
         }
         (Some(p), Some(h), Some(k)) => (p, h, k),
@@ -252,6 +255,7 @@ fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, Mani
             homedir,
             key_id,
         }),
+        policy,
     })
 }
 
