@@ -2,11 +2,14 @@
 //! (`/usr/lib/berth/host.json`).
 
 use berth_hostapi::config::{HostConfig, Network, Readiness, Service};
+use berth_hostapi::update::Strategy;
 
 use crate::manifest::Manifest;
 
 /// The host configuration of an image built from `m`, whose containers
-/// run as `containers` (services made by the container module).
+/// run as `containers` (services made by the container module). The
+/// update agent comes last, and only when the policy is not manual: a
+/// manual host has no agent to run.
 pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
     let mut services = Vec::new();
     if let Network::Dhcp { client, .. } = &m.network {
@@ -17,6 +20,14 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
     }
     services.extend(m.services.iter().cloned());
     services.extend(containers.iter().cloned());
+    let policy = m
+        .update
+        .as_ref()
+        .map(|u| u.policy.clone())
+        .unwrap_or_default();
+    if policy.strategy != Strategy::Manual {
+        services.push(berth_hostapi::services::update_agent());
+    }
     HostConfig {
         image: m.name.clone(),
         version: m.version.clone(),
@@ -28,6 +39,7 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
         ready_deadline_ms: m.host.ready_deadline_ms,
         watchdog_timeout_ms: m.host.watchdog_timeout_ms,
         services,
+        update: policy,
     }
 }
 
@@ -68,6 +80,68 @@ mod tests {
         assert_eq!(h.services[0].command[0], "udhcpc");
         assert_eq!(h.services[1].name, "web");
         assert_eq!(h.image, "x");
+    }
+
+    #[test]
+    fn a_policy_that_is_not_manual_adds_the_agent_last() {
+        let base = "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"web\"\ncommand = [\"httpd\"]\n\
+                    [update]\nurl = \"http://u.example\"\n";
+        let m = Manifest::parse(
+            Path::new("m.toml"),
+            &format!("{base}strategy = \"immediate\"\ninterval = \"1m\"\n"),
+        )
+        .unwrap();
+        let h = from_manifest(&m, &[]);
+        assert_eq!(h.update.strategy, Strategy::Immediate);
+        assert_eq!(h.update.interval_ms, 60_000);
+        let names: Vec<&str> = h.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "update-agent"]);
+        assert_eq!(
+            h.services[1],
+            berth_hostapi::services::update_agent(),
+            "the agent as hostapi makes it"
+        );
+        assert!(!h.services[1].required);
+
+        // Manual (the default), or no [update] at all: no agent.
+        for text in [
+            base.to_string(),
+            format!("{base}strategy = \"manual\"\n"),
+            "name = \"x\"\nversion = \"1\"\n".to_string(),
+        ] {
+            let h = from_manifest(&Manifest::parse(Path::new("m.toml"), &text).unwrap(), &[]);
+            assert_eq!(h.update, berth_hostapi::update::UpdatePolicy::default());
+            assert!(
+                h.services.iter().all(|s| s.name != "update-agent"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_agent_name_is_taken_only_when_the_agent_runs() {
+        let update = "[update]\nurl = \"http://u.example\"\n";
+        let service = "[[service]]\nname = \"update-agent\"\ncommand = [\"x\"]\n";
+        let container = "[[container]]\nname = \"update-agent\"\nimage = \"oci:l:1\"\n";
+        for unit in [service, container] {
+            let kind = if unit == service {
+                "service"
+            } else {
+                "container"
+            };
+            let text =
+                format!("name = \"x\"\nversion = \"1\"\n{unit}{update}strategy = \"immediate\"\n");
+            let e = Manifest::parse(Path::new("m.toml"), &text).unwrap_err();
+            assert_eq!(
+                (e.key.clone(), e.position),
+                (format!("{kind}[0].name"), Some((4, 8))),
+                "{e}"
+            );
+            assert!(e.message.contains("update agent"), "{e}");
+            // A manual host runs no agent: the name is free.
+            let text = format!("name = \"x\"\nversion = \"1\"\n{unit}{update}");
+            Manifest::parse(Path::new("m.toml"), &text).unwrap();
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Services a Berth host runs that no manifest spells out: one
-//! constructor each, so `berth build` (which writes them into the host
-//! configuration) and stage 2 of berth-init (which adds them when the
-//! configuration lacks them) make the same service under the same name.
+//! Services a Berth host runs that no manifest spells out (the DHCP
+//! client, the update agent): one constructor each, so `berth build`
+//! (which writes them into the host configuration) and stage 2 of
+//! berth-init (which adds them when the configuration lacks them) make
+//! the same service under the same name.
 
 use crate::config::{Readiness, Restart, Service, ServiceKind};
+use crate::update::AGENT_SERVICE;
 
 /// The name of the DHCP client's service, as `berthctl services` and the
 /// log file (`/var/log/berth/dhcp.log`) show it. A manifest's own service
@@ -22,6 +24,25 @@ pub fn dhcp(client: &[String]) -> Service {
         restart: Restart::Always,
         ready: Readiness::Started,
         required: false,
+        ..Service::default()
+    }
+}
+
+/// The update agent (`berthctl agent run`), which `berth build` adds when
+/// the manifest's `[update] strategy` is not manual. Not required: a
+/// host whose agent cannot reach the repository is still ready and its
+/// boot still blessed. Restarted always, backing off from 5 s to a
+/// minute, so an agent that keeps failing does not spin.
+pub fn update_agent() -> Service {
+    Service {
+        name: AGENT_SERVICE.into(),
+        kind: ServiceKind::Process,
+        command: ["berthctl", "agent", "run"].map(String::from).to_vec(),
+        restart: Restart::Always,
+        ready: Readiness::Started,
+        required: false,
+        backoff_initial_ms: 5_000,
+        backoff_max_ms: 60_000,
         ..Service::default()
     }
 }
@@ -46,6 +67,31 @@ mod tests {
                 name: String::new(),
                 command: Vec::new(),
                 required: true,
+                ..svc
+            },
+            Service::default()
+        );
+    }
+
+    #[test]
+    fn the_update_agent_is_optional_and_backs_off_to_a_minute() {
+        let svc = update_agent();
+        assert_eq!(svc.name, "update-agent");
+        assert_eq!(svc.command, ["berthctl", "agent", "run"]);
+        assert_eq!(svc.kind, ServiceKind::Process);
+        assert_eq!(svc.restart, Restart::Always);
+        assert!(!svc.required, "the agent must not hold up readiness");
+        assert_eq!(
+            (svc.backoff_initial_ms, svc.backoff_max_ms),
+            (5_000, 60_000)
+        );
+        assert_eq!(
+            Service {
+                name: String::new(),
+                command: Vec::new(),
+                required: true,
+                backoff_initial_ms: Service::default().backoff_initial_ms,
+                backoff_max_ms: Service::default().backoff_max_ms,
                 ..svc
             },
             Service::default()

@@ -7,6 +7,7 @@
 //! manifest value (a package the mirror lacks, a disk too small) report it
 //! through [`Manifest::error_at`] the same way.
 
+mod policy;
 mod schema;
 mod services;
 pub mod units;
@@ -16,6 +17,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use berth_hostapi::config::{Network, Readiness, Restart, Service};
+pub use berth_hostapi::update::UpdatePolicy;
 
 /// An error in a manifest, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,13 +202,17 @@ pub enum ContainerNetwork {
     None,
 }
 
-/// `[update]`: the OSTree remote hosts pull from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[update]`: the OSTree remote hosts pull from, and when they take
+/// what it offers by themselves.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Update {
     /// Base URL of the OSTree archive repository.
     pub url: String,
     /// Which key signs what the build publishes and hosts trust.
     pub trust: UpdateTrust,
+    /// The update agent's policy (`strategy`, `interval`, `wariness`,
+    /// `[[update.window]]`); manual, so no agent, by default.
+    pub policy: UpdatePolicy,
 }
 
 /// Who vouches for the updates of an image. Signed is the default: a

@@ -162,4 +162,18 @@ pub struct RawUpdate {
     pub gpg_key: Option<Spanned<String>>,
     pub gpg_homedir: Option<Spanned<String>>,
     pub gpg_key_id: Option<Spanned<String>>,
+    pub strategy: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub wariness: Option<Spanned<f64>>,
+    #[serde(default, rename = "window")]
+    pub windows: Vec<Spanned<RawWindow>>,
+}
+
+/// One `[[update.window]]`: a weekly maintenance window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawWindow {
+    pub days: Spanned<Vec<Spanned<String>>>,
+    pub start: Spanned<String>,
+    pub length: Spanned<String>,
 }

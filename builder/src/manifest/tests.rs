@@ -417,3 +417,176 @@ fn gpg_key_ids_are_hex() {
     assert_eq!(e.key, "update.gpg-key-id", "{e}");
     assert!(e.message.contains("not a GPG key id"), "{e}");
 }
+
+/// `[update]` with `extra` keys after its URL (line 5 on).
+fn policy(extra: &str) -> Result<Manifest, ManifestError> {
+    parse(&format!("{UPDATE}{extra}"))
+}
+
+fn policy_err(extra: &str) -> (String, Option<usize>, String) {
+    let e = policy(extra).expect_err("the policy should be rejected");
+    (e.key.clone(), e.position.map(|p| p.0), e.to_string())
+}
+
+#[test]
+fn the_update_policy_defaults_to_manual_every_five_minutes() {
+    let m = policy("").unwrap();
+    assert_eq!(m.update.unwrap().policy, UpdatePolicy::default());
+}
+
+#[test]
+fn a_periodic_policy_with_windows() {
+    let m = policy(
+        "strategy = \"periodic\"\ninterval = \"90s\"\nwariness = 0.25\n\
+         [[update.window]]\ndays = [\"Sat\", \"sunday\"]\nstart = \"22:30\"\nlength = \"90m\"\n\
+         [[update.window]]\ndays = [\"Wed\"]\nstart = \"3:00\"\nlength = \"168h\"\n",
+    )
+    .unwrap();
+    let p = m.update.unwrap().policy;
+    use berth_hostapi::update::{Strategy, Weekday, Window};
+    assert_eq!(p.strategy, Strategy::Periodic);
+    assert_eq!(p.interval_ms, 90_000);
+    assert_eq!(p.wariness, Some(0.25));
+    assert_eq!(
+        p.windows,
+        [
+            Window {
+                days: vec![Weekday::Sat, Weekday::Sun],
+                start_minute: 22 * 60 + 30,
+                length_minutes: 90,
+            },
+            Window {
+                days: vec![Weekday::Wed],
+                start_minute: 180,
+                length_minutes: 7 * 24 * 60,
+            }
+        ]
+    );
+    // An integer wariness is a number too.
+    let m = policy("strategy = \"immediate\"\nwariness = 1\n").unwrap();
+    let p = m.update.unwrap().policy;
+    assert_eq!((p.strategy, p.wariness), (Strategy::Immediate, Some(1.0)));
+}
+
+#[test]
+fn update_policy_errors_name_the_key_and_the_line() {
+    let (key, line, text) = policy_err("strategy = \"sometimes\"\n");
+    assert_eq!((key.as_str(), line), ("update.strategy", Some(5)), "{text}");
+    assert!(text.contains("unknown strategy \"sometimes\""), "{text}");
+    assert!(text.starts_with("m.toml:5:12: update.strategy: "), "{text}");
+
+    let (key, line, text) = policy_err("strategy = \"periodic\"\n");
+    assert_eq!((key.as_str(), line), ("update.strategy", Some(5)), "{text}");
+    assert!(text.contains("[[update.window]]"), "{text}");
+
+    let window = "[[update.window]]\ndays = [\"Sat\"]\nstart = \"22:30\"\nlength = \"1h\"\n";
+    for strategy in ["", "strategy = \"immediate\"\n", "strategy = \"manual\"\n"] {
+        let (key, line, text) = policy_err(&format!("{strategy}{window}"));
+        let at = 5 + usize::from(!strategy.is_empty());
+        assert_eq!(
+            (key.as_str(), line),
+            ("update.window[0]", Some(at)),
+            "{text}"
+        );
+        assert!(text.contains("strategy = \"periodic\""), "{text}");
+    }
+
+    let periodic = "strategy = \"periodic\"\n[[update.window]]\n";
+    let cases = [
+        (
+            "days = [\"Sat\", \"Caturday\"]\nstart = \"1:00\"\nlength = \"1h\"\n",
+            "update.window[0].days[1]",
+            7,
+            "not a day",
+        ),
+        (
+            "days = []\nstart = \"1:00\"\nlength = \"1h\"\n",
+            "update.window[0].days",
+            7,
+            "at least one day",
+        ),
+        (
+            "days = [\"Sa\"]\nstart = \"1:00\"\nlength = \"1h\"\n",
+            "update.window[0].days[0]",
+            7,
+            "not a day",
+        ),
+        (
+            "days = [\"Sat\"]\nstart = \"24:00\"\nlength = \"1h\"\n",
+            "update.window[0].start",
+            8,
+            "hh:mm",
+        ),
+        (
+            "days = [\"Sat\"]\nstart = \"10:5\"\nlength = \"1h\"\n",
+            "update.window[0].start",
+            8,
+            "hh:mm",
+        ),
+        (
+            "days = [\"Sat\"]\nstart = \"noon\"\nlength = \"1h\"\n",
+            "update.window[0].start",
+            8,
+            "hh:mm",
+        ),
+        (
+            "days = [\"Sat\"]\nstart = \"1:00\"\nlength = \"90s\"\n",
+            "update.window[0].length",
+            9,
+            "whole number of minutes",
+        ),
+        (
+            "days = [\"Sat\"]\nstart = \"1:00\"\nlength = \"0m\"\n",
+            "update.window[0].length",
+            9,
+            "out of range",
+        ),
+        (
+            "days = [\"Sat\"]\nstart = \"1:00\"\nlength = \"169h\"\n",
+            "update.window[0].length",
+            9,
+            "out of range",
+        ),
+        (
+            "days = [\"Sat\"]\nstart = \"1:00\"\nlength = \"long\"\n",
+            "update.window[0].length",
+            9,
+            "not a duration",
+        ),
+    ];
+    for (body, want_key, want_line, want_text) in cases {
+        let (key, line, text) = policy_err(&format!("{periodic}{body}"));
+        assert_eq!((key.as_str(), line), (want_key, Some(want_line)), "{text}");
+        assert!(text.contains(want_text), "{text}");
+    }
+    // A second window is counted as such.
+    let ok = "days = [\"Sat\"]\nstart = \"1:00\"\nlength = \"1h\"\n";
+    let (key, line, text) = policy_err(&format!(
+        "{periodic}{ok}[[update.window]]\ndays = [\"Sun\"]\nstart = \"1:60\"\nlength = \"1h\"\n"
+    ));
+    assert_eq!(
+        (key.as_str(), line),
+        ("update.window[1].start", Some(12)),
+        "{text}"
+    );
+
+    for bad in ["1.5", "-0.1", "nan"] {
+        let (key, line, text) = policy_err(&format!("wariness = {bad}\n"));
+        assert_eq!((key.as_str(), line), ("update.wariness", Some(5)), "{text}");
+        assert!(text.contains("out of range"), "{text}");
+    }
+    let (key, line, text) = policy_err("wariness = \"low\"\n");
+    assert_eq!((key.as_str(), line), ("update.wariness", Some(5)), "{text}");
+
+    let (key, line, text) = policy_err("interval = \"5s\"\n");
+    assert_eq!((key.as_str(), line), ("update.interval", Some(5)), "{text}");
+    assert!(text.contains("at least \"10s\""), "{text}");
+    let (key, _, text) = policy_err("interval = \"often\"\n");
+    assert_eq!(key, "update.interval", "{text}");
+    let (key, line, text) = policy_err(&format!("{periodic}{ok}dayz = [\"Sun\"]\n"));
+    assert_eq!(
+        (key.as_str(), line),
+        ("update.window[0].dayz", Some(10)),
+        "{text}"
+    );
+}

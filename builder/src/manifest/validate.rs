@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use berth_hostapi::config::Network;
+use berth_hostapi::update::Strategy;
 use toml::Spanned;
 
 use super::schema::{RawManifest, RawNetwork};
@@ -79,6 +80,7 @@ fn toml_error(path: &Path, text: &str, key: String, e: &toml::de::Error) -> Mani
 
 fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
     let name_spans: Vec<Range<usize>> = raw.services.iter().map(|s| s.name.span()).collect();
+    let container_spans: Vec<Range<usize>> = raw.containers.iter().map(|k| k.name.span()).collect();
     let name = check_name(c, "name", raw.name)?;
     let version = check_version(c, raw.version)?;
     let source = check_source(c, raw.source)?;
@@ -126,6 +128,30 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         Some(u) => Some(check_update(c, u)?),
         None => None,
     };
+    if update
+        .as_ref()
+        .is_some_and(|u| u.policy.strategy != Strategy::Manual)
+    {
+        let agent = berth_hostapi::update::AGENT_SERVICE;
+        let clash = services
+            .iter()
+            .position(|s| s.name == agent)
+            .map(|i| ("service", i, name_spans.get(i)))
+            .or_else(|| {
+                containers
+                    .iter()
+                    .position(|k| k.name == agent)
+                    .map(|i| ("container", i, container_spans.get(i)))
+            });
+        if let Some((kind, i, span)) = clash {
+            return Err(c.err(
+                &format!("{kind}[{i}].name"),
+                &span.cloned().unwrap_or(0..0),
+                "\"update-agent\" is the update agent's service when [update] strategy is not \
+                 \"manual\": choose another name",
+            ));
+        }
+    }
     let ssh = match raw.ssh {
         Some(s) if s.enable => Some(check_ssh(c, s)?),
         _ => None,
@@ -168,11 +194,12 @@ impl Located<String> {
     }
 }
 
-/// `[update]`: the URL, and who signs. The three `gpg-*` keys go
+/// `[update]`: the URL, who signs, and the agent's policy. The three `gpg-*` keys go
 /// together (a public key with nothing to sign with would publish commits
 /// every host refuses; a signer without the public key gives hosts nothing
 /// to check with), and `verify = false` excludes them all.
 fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, ManifestError> {
+    let policy = super::policy::check(c, &u)?;
     let url = check_url(c, "update.url", u.url)?;
     let public = u.gpg_key.map(|k| c.located("update.gpg-key", k).map_path());
     let homedir = u
@@ -203,6 +230,7 @@ fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, Mani
         return Ok(Update {
             url,
             trust: UpdateTrust::Off(v.clone()),
+            policy,
         });
     }
     let (public, homedir, key_id) = match (public, homedir, key_id) {
@@ -210,6 +238,7 @@ fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, Mani
             return Ok(Update {
                 url,
                 trust: UpdateTrust::RepositoryKey,
+                policy,
             });
         }
         (Some(p), Some(h), Some(k)) => (p, h, k),
@@ -252,6 +281,7 @@ fn check_update(c: &Checker, u: super::schema::RawUpdate) -> Result<Update, Mani
             homedir,
             key_id,
         }),
+        policy,
     })
 }
 
