@@ -245,7 +245,7 @@ fn hosts_take_a_staged_release_in_wariness_order_and_fall_back_from_a_bad_one_by
     );
 }
 
-/// The first 02:55:00 UTC more than an hour from now, as QEMU's
+/// The first 02:57:00 UTC more than an hour from now, as QEMU's
 /// `-rtc base=` takes it, and the unix time of the 03:00 after it. The
 /// guest's clock runs ahead of the host's (never behind: signatures made
 /// now must not be in the guest's future).
@@ -255,13 +255,13 @@ fn just_before_three() -> (String, u64) {
         .unwrap()
         .as_secs();
     let day = 86_400;
-    let mut base = (now / day) * day + 2 * 3600 + 55 * 60;
+    let mut base = (now / day) * day + 2 * 3600 + 57 * 60;
     while base < now + 3600 {
         base += day;
     }
     let text = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(base))
         .to_string();
-    (text.trim_end_matches('Z').to_string(), base + 300)
+    (text.trim_end_matches('Z').to_string(), base + 180)
 }
 
 #[test]
