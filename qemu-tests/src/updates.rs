@@ -174,6 +174,15 @@ impl Drop for UpdateServer {
     }
 }
 
+/// The commit a `berth build` made, from its output (the `commit` line).
+pub fn built_commit(build_output: &str) -> Option<String> {
+    build_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commit"))
+        .and_then(|c| c.split_whitespace().next())
+        .map(String::from)
+}
+
 /// A repository's key directory, as `berth build` names it.
 fn key_dir(repo: &Path) -> Result<PathBuf> {
     berth::signing::key_dir(repo).map_err(|e| Error::Setup(format!("{e:#}")))

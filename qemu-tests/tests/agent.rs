@@ -103,12 +103,8 @@ fn wariness_config(dir: &Path, wariness: f64) -> PathBuf {
 }
 
 fn commit_of(build_output: &str) -> String {
-    build_output
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("commit"))
-        .and_then(|c| c.split_whitespace().next())
+    berth_qemu_tests::updates::built_commit(build_output)
         .unwrap_or_else(|| panic!("no commit in the build output:\n{build_output}"))
-        .to_string()
 }
 
 #[test]

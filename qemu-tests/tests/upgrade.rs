@@ -125,12 +125,7 @@ fn failed_version_comes_back_to_v2(
     refuse_on_trial: bool,
 ) {
     let built = server.publish(Path::new(manifest)).unwrap();
-    let commit = built
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("commit"))
-        .and_then(|c| c.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let commit = berth_qemu_tests::updates::built_commit(&built).unwrap();
     vm.send_line("berthctl upgrade --reboot").unwrap();
     vm.wait_for(&format!("deployed {version}"), UPGRADE)
         .unwrap();
