@@ -1,6 +1,6 @@
 //! The `berth` command line: the clap-derived arguments of each verb (their
 //! doc comments are the help text), mapped onto the options the verb's
-//! module owns ([`BuildOpts`], [`RunOpts`], [`ServeOpts`]), and one
+//! module owns ([`BuildOpts`], [`RunOpts`], [`ServeOpts`], [`RolloutOpts`]), and one
 //! function that runs a verb.
 
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::build::{BuildOpts, ImageFormat};
+use crate::rollout::{Action, Change, RolloutOpts, Start};
 use crate::run::{Accel, RunOpts};
 use crate::serve::ServeOpts;
 
@@ -30,6 +31,9 @@ pub enum Cmd {
     Run(RunArgs),
     /// Serve an OSTree repository over HTTP for hosts to upgrade from.
     Serve(ServeArgs),
+    /// Start, pause, resume, complete or show the staged rollout of a
+    /// ref's newest commit.
+    Rollout(RolloutArgs),
 }
 
 /// Disk image formats `berth build` writes: `--format`.
@@ -139,6 +143,42 @@ pub struct ServeArgs {
     pub send_timeout: u64,
 }
 
+/// Options of `berth rollout`. With none of --duration, --start-fraction,
+/// --start, --pause, --resume and --complete it shows the rollout.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// The OSTree archive repository (e.g. out/repo); its key directory
+    /// (`REPO.signing`) signs the rollout.
+    pub repo: PathBuf,
+    /// The ref whose newest commit is rolled out, e.g. berth/web/x86_64.
+    #[arg(long = "ref", value_name = "REF")]
+    pub ostree_ref: String,
+    /// Start a rollout lasting this long from the start fraction to
+    /// every host, e.g. 24h, 90m [default when starting: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = crate::rollout::parse_duration_secs)]
+    pub duration: Option<u64>,
+    /// Start a rollout letting this fraction of hosts (0 to 1) take the
+    /// commit at once [default when starting: 0.05].
+    #[arg(long, value_name = "FRACTION", value_parser = crate::rollout::parse_fraction)]
+    pub start_fraction: Option<f64>,
+    /// Start a rollout at this time, RFC 3339 in UTC (e.g.
+    /// 2026-12-01T22:00:00Z) [default when starting: now].
+    #[arg(long, value_name = "TIME", value_parser = crate::rollout::parse_start)]
+    pub start: Option<u64>,
+    /// Hold the hosts that have not taken the commit yet.
+    #[arg(long, conflicts_with_all = ["duration", "start_fraction", "start", "resume", "complete"])]
+    pub pause: bool,
+    /// Go on from where the rollout was paused.
+    #[arg(long, conflicts_with_all = ["duration", "start_fraction", "start", "complete"])]
+    pub resume: bool,
+    /// Let every host take the commit now.
+    #[arg(long, conflicts_with_all = ["duration", "start_fraction", "start"])]
+    pub complete: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl From<FormatArg> for ImageFormat {
     fn from(arg: FormatArg) -> ImageFormat {
         match arg {
@@ -202,12 +242,45 @@ impl From<ServeArgs> for ServeOpts {
     }
 }
 
+impl From<RolloutArgs> for RolloutOpts {
+    fn from(a: RolloutArgs) -> RolloutOpts {
+        let change = if a.pause {
+            Some(Change::Pause)
+        } else if a.resume {
+            Some(Change::Resume)
+        } else if a.complete {
+            Some(Change::Complete)
+        } else {
+            None
+        };
+        let starting = a.duration.is_some() || a.start_fraction.is_some() || a.start.is_some();
+        let action = match change {
+            Some(c) => Some(Action::Change(c)),
+            None if starting => Some(Action::Start(Start {
+                start: a.start,
+                duration_secs: a.duration.unwrap_or(crate::rollout::DEFAULT_DURATION_SECS),
+                start_fraction: a
+                    .start_fraction
+                    .unwrap_or(crate::rollout::DEFAULT_START_FRACTION),
+            })),
+            None => None,
+        };
+        RolloutOpts {
+            repo: a.repo,
+            ostree_ref: a.ostree_ref,
+            action,
+            json: a.json,
+        }
+    }
+}
+
 /// Runs one verb; the returned code is the process's exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Build(args) => crate::build::run(&args.into()).map(|()| ExitCode::SUCCESS),
         Cmd::Run(args) => crate::run::run(&args.into()),
         Cmd::Serve(args) => crate::serve::run(&args.into()).map(|()| ExitCode::SUCCESS),
+        Cmd::Rollout(args) => crate::rollout::run(&args.into()).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -244,6 +317,81 @@ mod tests {
         let r = RunOpts::from(r);
         assert_eq!(r.publish, ["8080:80", "2222:22"]);
         assert_eq!(r.accel, Accel::Auto);
+    }
+
+    fn rollout(args: &[&str]) -> Result<RolloutOpts, clap::Error> {
+        let argv = ["berth", "rollout", "out/repo", "--ref", "berth/web/x86_64"];
+        let cli = Cli::try_parse_from(argv.iter().chain(args))?;
+        let Cmd::Rollout(r) = cli.command else {
+            panic!("not rollout")
+        };
+        Ok(r.into())
+    }
+
+    #[test]
+    fn rollout_flags_become_one_action() {
+        let show = rollout(&[]).unwrap();
+        assert_eq!(show.repo, PathBuf::from("out/repo"));
+        assert_eq!(show.ostree_ref, "berth/web/x86_64");
+        assert_eq!((show.action, show.json), (None, false));
+        assert_eq!(
+            rollout(&["--duration", "90m"]).unwrap().action,
+            Some(Action::Start(Start {
+                start: None,
+                duration_secs: 5400,
+                start_fraction: 0.05,
+            }))
+        );
+        assert_eq!(
+            rollout(&[
+                "--start",
+                "2026-12-01T22:00:00Z",
+                "--start-fraction",
+                "0",
+                "--json"
+            ])
+            .unwrap(),
+            RolloutOpts {
+                repo: "out/repo".into(),
+                ostree_ref: "berth/web/x86_64".into(),
+                action: Some(Action::Start(Start {
+                    start: Some(1_796_162_400),
+                    duration_secs: 24 * 3600,
+                    start_fraction: 0.0,
+                })),
+                json: true,
+            }
+        );
+        for (flag, change) in [
+            ("--pause", Change::Pause),
+            ("--resume", Change::Resume),
+            ("--complete", Change::Complete),
+        ] {
+            assert_eq!(
+                rollout(&[flag]).unwrap().action,
+                Some(Action::Change(change))
+            );
+        }
+    }
+
+    #[test]
+    fn bad_rollout_flags_are_usage_errors() {
+        for bad in [
+            &["--pause", "--resume"][..],
+            &["--complete", "--duration", "1h"],
+            &["--pause", "--start-fraction", "0.1"],
+            &["--start-fraction", "1.5"],
+            &["--start-fraction", "some"],
+            &["--duration", "soon"],
+            &["--duration", "1500ms"],
+            &["--start", "tomorrow"],
+            &["--start", "2026-12-01 22:00"],
+        ] {
+            let e = rollout(bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        let e = Cli::try_parse_from(["berth", "rollout", "out/repo"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "--ref is required: {e}");
     }
 
     #[test]

@@ -390,11 +390,11 @@ fn cached_tree(
 }
 
 /// Flushes the repository's file system once (fsync was off per object).
-fn sync_repo(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn sync_repo(path: &Path) -> anyhow::Result<()> {
     let dir = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     rustix::fs::syncfs(&dir).with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

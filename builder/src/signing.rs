@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
+use berth_sysroot::rollout::SignedDoc;
 use ostree::gio;
 
 use crate::command;
@@ -249,6 +250,19 @@ impl Signer {
         let session = self.session(None)?;
         repo.add_gpg_signature_summary(&ids, Some(&session.home_str()), gio::Cancellable::NONE)
             .with_context(|| format!("signing the summary with GPG key(s) {}", ids.join(", ")))
+    }
+
+    /// Signs a rollout document with every key, dated now, as hosts
+    /// check it (`berth_sysroot::rollout::verify`).
+    pub fn sign_rollout(&self, repo: &ostree::Repo, doc: &[u8]) -> anyhow::Result<SignedDoc> {
+        let ids: Vec<&str> = self.key_ids.iter().map(String::as_str).collect();
+        let session = self.session(None)?;
+        berth_sysroot::rollout::sign(repo, doc, &ids, &session.home_str()).with_context(|| {
+            format!(
+                "signing the rollout document with GPG key(s) {}",
+                ids.join(", ")
+            )
+        })
     }
 
     /// A session on the key: berth's own for the repository's key; the
@@ -502,8 +516,9 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("making {} private", dir.display()))
 }
 
-/// Writes `data` to `path` under a temporary name, then renames it.
-fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+/// Writes `data` to `path` under a temporary name, then renames it
+/// (mode 0644: what it writes is published or public).
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;

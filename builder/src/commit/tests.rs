@@ -9,26 +9,26 @@ use super::*;
 use crate::signing;
 use berth_sysroot::remote;
 
-const REF: &str = "berth/test/x86_64";
+pub(crate) const REF: &str = "berth/test/x86_64";
 
 /// Serialises these tests within one test process (`cargo test` runs
 /// tests as threads; nextest as processes): libostree signs and verifies
 /// through gpgme, whose first use is not thread-safe.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// One test repository and its inputs.
-struct Fixture {
+/// One test repository and its inputs (the rollout tests use it too).
+pub(crate) struct Fixture {
     _serial: std::sync::MutexGuard<'static, ()>,
     _dir: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     base: PathBuf,
     overlay: PathBuf,
-    repo: PathBuf,
+    pub(crate) repo: PathBuf,
     roots: PathBuf,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
@@ -74,7 +74,12 @@ impl Fixture {
     }
 
     /// Commits, signs and publishes, as a build does.
-    fn build(&self, ostree_ref: &str, version: &str, signer: Option<&Signer>) -> CommitResult {
+    pub(crate) fn build(
+        &self,
+        ostree_ref: &str,
+        version: &str,
+        signer: Option<&Signer>,
+    ) -> CommitResult {
         let c = self.commit(ostree_ref, version);
         if let Some(s) = signer {
             sign(&self.repo, &c, s).unwrap();
@@ -83,7 +88,7 @@ impl Fixture {
         c
     }
 
-    fn repo(&self) -> ostree::Repo {
+    pub(crate) fn repo(&self) -> ostree::Repo {
         open_or_create(&self.repo).unwrap()
     }
 
@@ -195,14 +200,14 @@ fn a_commit_is_invisible_until_published() {
 
 /// A host's repository with the remote `name` trusting the keys in `key`
 /// (a file), as the first install writes it.
-fn host_remote(f: &Fixture, host: &ostree::Repo, name: &str, key: &[u8]) {
+pub(crate) fn host_remote(f: &Fixture, host: &ostree::Repo, name: &str, key: &[u8]) {
     let path = f.root.join(format!("{name}.asc"));
     std::fs::write(&path, key).unwrap();
     let url = format!("file://{}", f.repo.display());
     remote::add(host, name, &url, Some(path.to_str().unwrap())).unwrap();
 }
 
-fn host(f: &Fixture) -> ostree::Repo {
+pub(crate) fn host(f: &Fixture) -> ostree::Repo {
     let path = f.root.join("host");
     std::fs::create_dir_all(&path).unwrap();
     let repo = ostree::Repo::new_for_path(&path);
