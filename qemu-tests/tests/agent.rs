@@ -5,9 +5,10 @@
 //!   wariness (provisioning data): a staged rollout of v2 at 50 % takes
 //!   the eager one and holds the wary one until `berth rollout
 //!   --complete`. Then a v3 that never gets ready: the eager host takes
-//!   it by itself, falls back to v2 through boot counting, records it as
-//!   failed and does not take it again; its machine id is the same
-//!   through the upgrade and the fallback.
+//!   it by itself, refuses a manual upgrade while v3 is on trial, falls
+//!   back to v2 through boot counting, records v3 as failed and takes it
+//!   again neither by itself nor by a plain `berthctl upgrade`; its
+//!   machine id is the same through the upgrade and the fallback.
 //! - `periodic`: the guest's clock starts just before its maintenance
 //!   window; the host deploys v2 at once, says it waits for the window,
 //!   stays on v1 until the window opens, then reboots into v2.
@@ -201,7 +202,14 @@ fn hosts_take_a_staged_release_in_wariness_order_and_fall_back_from_a_bad_one_by
         .publish(Path::new("qemu-tests/manifests/agent-v3-unready.toml"))
         .unwrap();
     let v3 = commit_of(&built);
-    eager.wait_for("on trial", TAKES_A_VERSION).unwrap();
+    // On trial, an upgrade by hand would remove the last blessed version
+    // (v2): refused, nothing fetched; the agent waits for the blessing.
+    eager.wait_for("is on trial", TAKES_A_VERSION).unwrap();
+    let (code, out) = eager
+        .run_shell("berthctl upgrade", berth_qemu_tests::SHELL_TIMEOUT)
+        .unwrap();
+    assert_ne!(code, 0, "an upgrade from a trial boot went ahead:\n{out}");
+    assert!(out.contains("still on trial"), "{out}");
     eager
         .wait_for(
             "berth-init: ready image=agent version=2.0.0",
@@ -226,6 +234,15 @@ fn hosts_take_a_staged_release_in_wariness_order_and_fall_back_from_a_bad_one_by
         machine_id(&mut eager),
         eager_id,
         "the fallback changed the id"
+    );
+    assert!(
+        eager.console_text().matches("[broken] broken").count() >= 3,
+        "v3's failing service did not run on its three tries"
+    );
+    let again = eager.sh("berthctl upgrade");
+    assert!(
+        again.contains("failed to boot on this host before"),
+        "{again}"
     );
     // At least one more check (every 20 s, plus up to 2 s of jitter): v3
     // is not deployed again, nor booted.
