@@ -10,8 +10,9 @@
 //!
 //! [`publish`], called only when the disk image is complete, writes the
 //! static delta from the parent, moves the ref, and writes and signs the
-//! summary. So a build that fails offers hosts nothing, and any static
-//! HTTP server can serve the repository.
+//! summary (keeping the other refs' rollout documents). So a build that
+//! fails offers hosts nothing, and any static HTTP server can serve the
+//! repository.
 
 use std::path::Path;
 
@@ -247,8 +248,8 @@ pub fn sign(repo_path: &Path, committed: &CommitResult, signer: &Signer) -> anyh
 /// Publishes the signed `committed` under `ostree_ref`: writes the static
 /// delta from its parent (it carries the commit's signature, so after
 /// [`sign`]), flushes the repository, moves the ref, regenerates the
-/// summary and signs it with `signer`. An unchanged commit is already
-/// published.
+/// summary with the rollout documents of the other refs and signs it
+/// with `signer`. An unchanged commit is already published.
 pub fn publish(
     repo_path: &Path,
     ostree_ref: &str,
@@ -286,16 +287,18 @@ pub fn publish(
             delta = true;
         }
     }
+    // The other refs' rollouts go on. This ref's document is for the
+    // commit it pointed at, no longer the newest: it goes, and the new
+    // commit is available to every host until `berth rollout` starts a
+    // rollout of it (hosts would ignore a document for another commit
+    // anyway; dropping it keeps the summary saying what applies).
+    let mut rollouts = berth_sysroot::rollout::read_repo_summary(repo_path)?.rollouts;
+    rollouts.remove(ostree_ref);
     // Everything the ref will point at is on disk before the ref moves.
     sync_repo(repo_path)?;
     repo.set_ref_immediate(None, ostree_ref, Some(checksum), none)
         .with_context(|| format!("moving {ostree_ref} to {checksum}"))?;
-    // Regenerating removes the old summary.sig: unsigned until signed.
-    repo.regenerate_summary(None, none)
-        .context("regenerating the summary")?;
-    if let Some(signer) = signer {
-        signer.sign_summary(&repo)?;
-    }
+    crate::summary::regenerate(&repo, &rollouts, signer)?;
     sync_repo(repo_path)?;
     Ok(Published {
         delta,

@@ -401,3 +401,48 @@ fn the_same_commit_gets_the_same_signature() {
     assert_eq!(signature(), first);
     // Hosts accept such signatures: the pulls in the tests above.
 }
+
+#[test]
+fn publishing_keeps_other_refs_rollouts_and_drops_its_own() {
+    use crate::rollout::{Action, RolloutOpts, Start, apply};
+    let f = Fixture::new();
+    let signer = signing::repository_key(&f.repo).unwrap();
+    let other = "berth/other/x86_64";
+    f.build(REF, "1", Some(&signer));
+    f.build(other, "1", Some(&signer));
+    for r in [REF, other] {
+        let opts = RolloutOpts {
+            repo: f.repo.clone(),
+            ostree_ref: r.to_string(),
+            action: Some(Action::Start(Start {
+                start: Some(1000),
+                duration_secs: 100,
+                start_fraction: 0.1,
+            })),
+            json: false,
+        };
+        apply(&opts, 1000).unwrap();
+    }
+    let docs = || {
+        berth_sysroot::rollout::read_repo_summary(&f.repo)
+            .unwrap()
+            .rollouts
+    };
+    let before = docs();
+    assert_eq!(before.len(), 2);
+
+    // A new commit of the other ref: REF's document stays, byte for byte
+    // (signatures too); the other ref's new commit has none.
+    let v2 = f.build(other, "2", Some(&signer));
+    let after = docs();
+    assert_eq!(after.get(REF), before.get(REF));
+    assert_eq!(after.get(other), None);
+    let s = berth_sysroot::rollout::read_repo_summary(&f.repo).unwrap();
+    assert_eq!(s.refs.get(other), Some(&v2.checksum));
+
+    // A new commit of REF itself drops its document: available to all.
+    f.build(REF, "2", Some(&signer));
+    assert!(docs().is_empty(), "{:?}", docs().keys());
+    // And the summary is signed as before.
+    assert!(f.repo.join("summary.sig").exists());
+}
