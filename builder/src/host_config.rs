@@ -26,7 +26,17 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
         .map(|u| u.policy.clone())
         .unwrap_or_default();
     if policy.strategy != Strategy::Manual {
-        services.push(berth_hostapi::services::update_agent());
+        // It starts once every required service is ready, i.e. after the
+        // ready line: loading libostree and opening the sysroot then costs
+        // the boot nothing, and on a boot that never gets ready (a new
+        // version on trial) it has nothing to do anyway.
+        let mut agent = berth_hostapi::services::update_agent();
+        agent.after = services
+            .iter()
+            .filter(|s| s.required)
+            .map(|s| s.name.clone())
+            .collect();
+        services.push(agent);
     }
     HostConfig {
         image: m.name.clone(),
@@ -98,8 +108,11 @@ mod tests {
         assert_eq!(names, ["web", "update-agent"]);
         assert_eq!(
             h.services[1],
-            berth_hostapi::services::update_agent(),
-            "the agent as hostapi makes it"
+            Service {
+                after: vec!["web".into()],
+                ..berth_hostapi::services::update_agent()
+            },
+            "the agent as hostapi makes it, after the required services"
         );
         assert!(!h.services[1].required);
 
