@@ -65,6 +65,25 @@ fn wait_for_agent(vm: &mut Vm, state: &str, says: &str, timeout: Duration) -> se
     .unwrap()
 }
 
+/// Waits until `berthctl agent status` (text) says all of `words`: between
+/// two checks, since during one the state is "checking".
+fn agent_text_says(vm: &mut Vm, words: &[&str]) {
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        &format!("agent status to say {words:?}"),
+        || {
+            let text = vm.sh("berthctl agent status");
+            Ok(if words.iter().all(|w| text.contains(w)) {
+                Check::Done(())
+            } else {
+                Check::NotYet(text)
+            })
+        },
+    )
+    .unwrap();
+}
+
 fn booted(status: &serde_json::Value) -> &serde_json::Value {
     status["deployments"]
         .as_array()
@@ -179,9 +198,19 @@ fn hosts_take_a_staged_release_in_wariness_order_and_fall_back_from_a_bad_one_by
     let progress = a["agent"]["rollout"]["progress"].as_f64().unwrap();
     assert!((0.5..0.51).contains(&progress), "{a}");
     assert_eq!(a["agent"]["rollout"]["wariness"], 0.9, "{a}");
-    let text = wary.sh("berthctl agent status");
-    assert!(text.contains("against this host's wariness 0.90"), "{text}");
+    agent_text_says(&mut wary, &["against this host's wariness 0.90"]);
     assert_eq!(versions(&wary.status_json()), ["1.0.0"]);
+    // A person may go ahead of the rollout, and is told so.
+    let check = wary.sh("berthctl upgrade --check");
+    assert!(
+        check.contains("in a staged rollout at 50%")
+            && check.contains("a manual upgrade does not wait for it"),
+        "{check}"
+    );
+    assert!(
+        check.contains("2.0.0") && check.contains("available"),
+        "{check}"
+    );
 
     // Complete: the wary host follows.
     let out = server
@@ -248,8 +277,12 @@ fn hosts_take_a_staged_release_in_wariness_order_and_fall_back_from_a_bad_one_by
     // is not deployed again, nor booted.
     let seen = eager.console_text().len();
     std::thread::sleep(Duration::from_secs(30));
-    let a = agent_status(&mut eager);
-    assert_eq!(a["agent"]["state"], "idle", "{a}");
+    wait_for_agent(
+        &mut eager,
+        "idle",
+        "failed to boot on this host",
+        Duration::from_secs(60),
+    );
     let st = eager.status_json();
     assert!(!versions(&st).contains(&"3.0.0".to_string()), "{st}");
     let later = eager.console_text();
@@ -319,9 +352,7 @@ fn a_periodic_host_deploys_at_once_and_reboots_only_in_its_window() {
     let st = vm.status_json();
     assert_eq!(booted(&st)["version"], "1.0.0", "{st}");
     assert!(versions(&st).contains(&"2.0.0".to_string()), "{st}");
-    let text = vm.sh("berthctl agent status");
-    assert!(text.contains("deployed, waiting for window"), "{text}");
-    assert!(text.contains("03:00:00Z"), "{text}");
+    agent_text_says(&mut vm, &["deployed, waiting for window", "03:00:00Z"]);
 
     // The window opens: the host reboots into v2.
     vm.wait_for(
