@@ -226,9 +226,7 @@ fn rollout_note(
     }
     let policy = crate::agent::policy(root);
     let wariness = crate::identity::read(root, &policy).wariness;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::agent::now();
     if rollout.admits(wariness, now) {
         return None;
     }

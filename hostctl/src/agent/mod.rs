@@ -37,7 +37,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 /// How often a waiting agent looks at the pause flag and the blessing.
 const TICK: Duration = Duration::from_secs(1);
 
-fn now() -> u64 {
+/// The time now, in unix seconds (what windows and rollouts count in).
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
