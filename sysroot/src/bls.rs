@@ -14,6 +14,11 @@ pub struct BootEntry {
     /// Sort key: systemd-boot sorts entries by it (ascending) and picks the
     /// first good one, so it carries libostree's deployment order.
     pub sort_key: String,
+    /// ESP path of a unified kernel image (`efi`), starting with '/':
+    /// set for a Secure Boot image, whose kernel, initramfs and command
+    /// line are one signed file; then `linux`, `initrd` and `options` are
+    /// empty and not written.
+    pub efi: String,
     /// ESP path of the kernel, starting with '/'.
     pub linux: String,
     /// ESP path of the initramfs, starting with '/'.
@@ -29,6 +34,13 @@ impl BootEntry {
         let _ = writeln!(out, "title {}", self.title);
         let _ = writeln!(out, "version {}", self.version);
         let _ = writeln!(out, "sort-key {}", self.sort_key);
+        if !self.efi.is_empty() {
+            // A unified kernel image carries its own command line: an
+            // `options` line would only be ignored under Secure Boot and
+            // obeyed without it, two behaviours for one entry.
+            let _ = writeln!(out, "efi {}", self.efi);
+            return out;
+        }
         let _ = writeln!(out, "linux {}", self.linux);
         let _ = writeln!(out, "initrd {}", self.initrd);
         let _ = writeln!(out, "options {}", self.options);
@@ -41,6 +53,7 @@ impl BootEntry {
             title: String::new(),
             version: String::new(),
             sort_key: String::new(),
+            efi: String::new(),
             linux: String::new(),
             initrd: String::new(),
             options: String::new(),
@@ -53,6 +66,7 @@ impl BootEntry {
                 "title" => e.title = value,
                 "version" => e.version = value,
                 "sort-key" => e.sort_key = value,
+                "efi" => e.efi = value,
                 "linux" => e.linux = value,
                 "initrd" => e.initrd = value,
                 "options" => e.options = value,
@@ -153,12 +167,32 @@ mod tests {
             title: "Berth minimal 1.0.0".into(),
             version: "1.0.0".into(),
             sort_key: "berth-0".into(),
+            efi: String::new(),
             linux: "/berth/abc.0/vmlinuz".into(),
             initrd: "/berth/abc.0/initramfs.img".into(),
             options: "root=PARTUUID=x ostree=/ostree/deploy/berth/deploy/abc.0".into(),
         };
         let text = e.render();
         assert!(text.starts_with("title Berth minimal 1.0.0\nversion 1.0.0\n"));
+        assert_eq!(BootEntry::parse(&text), e);
+    }
+
+    #[test]
+    fn a_unified_image_entry_has_no_kernel_initrd_or_options_lines() {
+        let e = BootEntry {
+            title: "Berth sb 1.0.0".into(),
+            version: "1.0.0".into(),
+            sort_key: "berth-000".into(),
+            efi: "/berth/abc.0/berth.efi".into(),
+            linux: String::new(),
+            initrd: String::new(),
+            options: String::new(),
+        };
+        let text = e.render();
+        assert_eq!(
+            text,
+            "title Berth sb 1.0.0\nversion 1.0.0\nsort-key berth-000\nefi /berth/abc.0/berth.efi\n"
+        );
         assert_eq!(BootEntry::parse(&text), e);
     }
 

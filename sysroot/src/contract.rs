@@ -189,6 +189,64 @@ pub const NEW_ENTRY_TRIES: u32 = 3;
 /// at 0) falls behind the previous one by itself.
 pub const LOADER_CONF: &str = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
 
+/// A Secure Boot image's unified kernel image (kernel, initramfs, command
+/// line and os-release in one signed PE file), next to the kernel in the
+/// tree: `usr/lib/modules/<kver>/berth.efi`. The builder signs it; an
+/// upgrade carries it in the commit, already signed.
+pub const UKI_NAME: &str = "berth.efi";
+/// systemd-boot signed by the image's db key (Debian's name for a signed
+/// copy); when a tree has it, it is the one that goes onto the ESP.
+pub const SIGNED_SYSTEMD_BOOT_IN_TREE: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed";
+/// systemd-boot's UKI stub, which the builder wraps the kernel in.
+pub const STUB_IN_TREE: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// The PK, KEK and db updates (`PK.auth`, `KEK.auth`, `db.auth`) that
+/// systemd-boot enrolls on a machine in setup mode.
+pub const ENROLL_KEYS_IN_TREE: &str = "usr/lib/berth/secure-boot/keys";
+/// One word, `manual`, `force` or `off`: loader.conf's `secure-boot-enroll`.
+pub const ENROLL_MODE_IN_TREE: &str = "usr/lib/berth/secure-boot/enroll";
+/// The tree's id (32 hex characters), which a UKI's signed command line
+/// names with [`TREE_KARG`]: stage 1 boots the deployment whose tree has
+/// it. (A UKI lives inside its commit, so it cannot name the commit's own
+/// checksum.)
+pub const TREE_ID_PATH: &str = "/usr/lib/berth/tree-id";
+/// The kernel argument naming the tree to boot: `berth.tree=<id>`.
+pub const TREE_KARG: &str = "berth.tree=";
+/// The enrollment files, in the order systemd-boot writes them.
+const ENROLL_FILES: [&str; 3] = ["db.auth", "KEK.auth", "PK.auth"];
+/// Where systemd-boot 252 looks for keys to enroll: `loader/keys/<name>/`,
+/// one menu entry per name; with `force` it enrolls `auto` by itself.
+const KEYS_ON_ESP: &str = "loader/keys";
+
+/// The unified kernel image of deployment `d` of the sysroot at `root`,
+/// when its tree has one (a Secure Boot image).
+pub fn unified_image(root: &Path, d: &DeploymentInfo) -> Option<PathBuf> {
+    let uki = root.join(&d.kernel).with_file_name(UKI_NAME);
+    uki.is_file().then_some(uki)
+}
+
+/// How the image of `tree` (a deployment's directory) asks systemd-boot to
+/// enroll its keys: the mode word and the ESP folder its keys go in.
+fn enrollment(tree: &Path) -> Option<(&'static str, &'static str)> {
+    let mode = std::fs::read_to_string(tree.join(ENROLL_MODE_IN_TREE)).ok()?;
+    match mode.trim() {
+        "force" => Some(("force", "auto")),
+        "manual" => Some(("manual", "berth")),
+        "off" => Some(("off", "berth")),
+        _ => None,
+    }
+}
+
+/// loader.conf for a boot loader taken from the tree at `tree` (none: the
+/// default): [`LOADER_CONF`], plus `secure-boot-enroll` for an image that
+/// enrolls keys.
+pub fn loader_conf(tree: Option<&Path>) -> String {
+    let mut conf = LOADER_CONF.to_string();
+    if let Some((mode, _)) = tree.and_then(enrollment) {
+        conf.push_str(&format!("secure-boot-enroll {mode}\n"));
+    }
+    conf
+}
+
 /// A file to copy onto the ESP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedFile {
@@ -216,6 +274,8 @@ pub struct EspPlan {
     pub files: Vec<PlannedFile>,
     /// Boot entries, in libostree's order.
     pub entries: Vec<PlannedEntry>,
+    /// The contents of loader.conf.
+    pub loader_conf: String,
 }
 
 /// The boot entry stem of a deployment: `berth-<checksum>.<serial>`.
@@ -228,18 +288,37 @@ pub fn deployment_folder(d: &DeploymentInfo) -> String {
     format!("{KERNELS_DIR}/{}", d.id())
 }
 
-/// The boot entry of deployment `d` at position `rank` in the order.
-pub fn boot_entry(d: &DeploymentInfo, rank: usize) -> BootEntry {
+/// The boot entry of deployment `d` at position `rank` in the order:
+/// its kernel, initramfs and command line, or, with `unified`, its signed
+/// unified kernel image alone. Either way it is a Type #1 entry, so its
+/// sort key carries libostree's order (a Type #2 image would be ordered by
+/// the version signed into it, and `berthctl rollback` could not reorder
+/// it) and its file name the boot counter.
+pub fn boot_entry(d: &DeploymentInfo, rank: usize, unified: bool) -> BootEntry {
     let folder = deployment_folder(d);
+    let title = format!(
+        "{} ({})",
+        d.pretty_name,
+        &d.checksum[..d.checksum.len().min(12)]
+    );
+    // Ranks are zero-padded so that "berth-10" does not sort before "berth-2".
+    let sort_key = format!("berth-{rank:03}");
+    if unified {
+        return BootEntry {
+            title,
+            version: d.version.clone(),
+            sort_key,
+            efi: format!("/{folder}/{UKI_NAME}"),
+            linux: String::new(),
+            initrd: String::new(),
+            options: String::new(),
+        };
+    }
     BootEntry {
-        title: format!(
-            "{} ({})",
-            d.pretty_name,
-            &d.checksum[..d.checksum.len().min(12)]
-        ),
+        title,
         version: d.version.clone(),
-        // Ranks are zero-padded so that "berth-10" does not sort before "berth-2".
-        sort_key: format!("berth-{rank:03}"),
+        sort_key,
+        efi: String::new(),
         linux: format!("/{folder}/vmlinuz"),
         initrd: format!("/{folder}/initramfs.img"),
         options: entry_options(d),
@@ -282,30 +361,65 @@ pub fn plan_with_loader(
     loader: Option<&DeploymentInfo>,
 ) -> EspPlan {
     let mut files = Vec::new();
-    if let Some(from) = loader {
+    let loader_tree = loader.map(|from| root.join(from.dir()));
+    if let Some(tree) = &loader_tree {
+        // A Secure Boot image's signed copy, when it has one.
+        let signed = tree.join(SIGNED_SYSTEMD_BOOT_IN_TREE);
+        let source = if signed.is_file() {
+            signed
+        } else {
+            tree.join(SYSTEMD_BOOT_IN_TREE)
+        };
         files.push(PlannedFile {
             esp_path: SYSTEMD_BOOT_ON_ESP.into(),
-            source: root.join(from.dir()).join(SYSTEMD_BOOT_IN_TREE),
+            source,
         });
+        if let Some((_, name)) = enrollment(tree) {
+            for f in ENROLL_FILES {
+                let source = tree.join(ENROLL_KEYS_IN_TREE).join(f);
+                if source.is_file() {
+                    files.push(PlannedFile {
+                        esp_path: format!("{KEYS_ON_ESP}/{name}/{f}"),
+                        source,
+                    });
+                }
+            }
+        }
     }
     let mut entries = Vec::new();
     for (rank, d) in deployments.iter().enumerate() {
         let folder = deployment_folder(d);
-        files.push(PlannedFile {
-            esp_path: format!("{folder}/vmlinuz"),
-            source: root.join(&d.kernel),
-        });
-        files.push(PlannedFile {
-            esp_path: format!("{folder}/initramfs.img"),
-            source: root.join(&d.initramfs),
-        });
+        let uki = unified_image(root, d);
+        if let Some(uki) = &uki {
+            files.push(PlannedFile {
+                esp_path: format!("{folder}/{UKI_NAME}"),
+                source: uki.clone(),
+            });
+        } else {
+            files.push(PlannedFile {
+                esp_path: format!("{folder}/vmlinuz"),
+                source: root.join(&d.kernel),
+            });
+            files.push(PlannedFile {
+                esp_path: format!("{folder}/initramfs.img"),
+                source: root.join(&d.initramfs),
+            });
+        }
         entries.push(PlannedEntry {
             stem: entry_stem(d),
-            entry: boot_entry(d, rank),
+            entry: boot_entry(d, rank, uki.is_some()),
             deployment_id: d.id(),
         });
     }
-    EspPlan { files, entries }
+    // Without a boot loader to install, loader.conf follows the first
+    // deployment's image (a key folder it names may then be absent: keys
+    // are only looked for in setup mode, before the first boot).
+    let conf_tree = loader_tree.or_else(|| deployments.first().map(|d| root.join(d.dir())));
+    EspPlan {
+        files,
+        entries,
+        loader_conf: loader_conf(conf_tree.as_deref()),
+    }
 }
 
 /// Where the bytes of an ESP file come from.
@@ -367,7 +481,7 @@ pub fn esp_files(
         .collect();
     boot_files.push(EspFile {
         path: LOADER_CONF_PATH.into(),
-        data: EspData::Bytes(LOADER_CONF.as_bytes().to_vec()),
+        data: EspData::Bytes(plan.loader_conf.as_bytes().to_vec()),
     });
     let mut ordered: Vec<&PlannedEntry> = plan.entries.iter().collect();
     ordered.sort_by_key(|e| Some(e.deployment_id.as_str()) == trial);
@@ -413,13 +527,18 @@ pub(crate) fn test_plan(src: &Path, ids: &[&str]) -> EspPlan {
                 title: id.to_string(),
                 version: "1".into(),
                 sort_key: format!("berth-{rank:03}"),
+                efi: String::new(),
                 linux: format!("/berth/{id}/vmlinuz"),
                 initrd: String::new(),
                 options: String::new(),
             },
         });
     }
-    EspPlan { files, entries }
+    EspPlan {
+        files,
+        entries,
+        loader_conf: LOADER_CONF.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -596,6 +715,68 @@ mod tests {
                 "loader/entries/berth-bbbb.0+3.conf"
             ]
         );
+    }
+
+    #[test]
+    fn a_secure_boot_image_boots_its_signed_unified_image_and_enrolls_its_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let (new, old) = (dep("bbbb", "2"), dep("aaaa", "1"));
+        // v2 is a Secure Boot image: a UKI beside its kernel, a signed
+        // systemd-boot, keys to enroll unattended. v1 is not.
+        let tree = root.join(new.dir());
+        let kdir = root.join(&new.kernel).with_file_name("");
+        std::fs::create_dir_all(&kdir).unwrap();
+        std::fs::write(kdir.join(UKI_NAME), "uki").unwrap();
+        std::fs::create_dir_all(tree.join(ENROLL_KEYS_IN_TREE)).unwrap();
+        for f in ENROLL_FILES {
+            std::fs::write(tree.join(ENROLL_KEYS_IN_TREE).join(f), f).unwrap();
+        }
+        std::fs::write(tree.join(ENROLL_MODE_IN_TREE), "force\n").unwrap();
+        let signed = tree.join(SIGNED_SYSTEMD_BOOT_IN_TREE);
+        std::fs::create_dir_all(signed.parent().unwrap()).unwrap();
+        std::fs::write(&signed, "signed sd-boot").unwrap();
+
+        let plan = plan(root, &[new.clone(), old.clone()]);
+        let paths: Vec<&str> = plan.files.iter().map(|f| f.esp_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "EFI/BOOT/BOOTX64.EFI",
+                "loader/keys/auto/db.auth",
+                "loader/keys/auto/KEK.auth",
+                "loader/keys/auto/PK.auth",
+                "berth/bbbb.0/berth.efi",
+                "berth/aaaa.0/vmlinuz",
+                "berth/aaaa.0/initramfs.img",
+            ]
+        );
+        assert_eq!(plan.files[0].source, signed);
+        assert_eq!(
+            plan.entries[0].entry.render(),
+            "title Berth demo (bbbb)\nversion 2\nsort-key berth-000\nefi /berth/bbbb.0/berth.efi\n"
+        );
+        assert_eq!(plan.entries[1].entry.linux, "/berth/aaaa.0/vmlinuz");
+        assert_eq!(
+            plan.loader_conf,
+            format!("{LOADER_CONF}secure-boot-enroll force\n")
+        );
+        // Manual enrollment: keys under a name the menu shows.
+        std::fs::write(tree.join(ENROLL_MODE_IN_TREE), "manual\n").unwrap();
+        let manual = super::plan(root, &[new.clone(), old.clone()]);
+        assert_eq!(manual.files[1].esp_path, "loader/keys/berth/db.auth");
+        assert!(manual.loader_conf.ends_with("secure-boot-enroll manual\n"));
+        // The boot loader from v1 (not a Secure Boot image): plain
+        // systemd-boot, no keys, the default loader.conf.
+        let from_v1 = plan_with_loader(root, &[new, old.clone()], Some(&old));
+        assert!(from_v1.files[0].source.ends_with(SYSTEMD_BOOT_IN_TREE));
+        assert!(
+            !from_v1
+                .files
+                .iter()
+                .any(|f| f.esp_path.starts_with("loader/keys"))
+        );
+        assert_eq!(from_v1.loader_conf, LOADER_CONF);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::bls::Assessment;
-use crate::contract::{ENTRIES_DIR, EspPlan, LOADER_CONF, LOADER_CONF_PATH};
+use crate::contract::{ENTRIES_DIR, EspPlan, LOADER_CONF_PATH};
 use crate::esp_state::{entry_files, temporaries};
 
 /// One thing wrong with the ESP.
@@ -122,7 +122,8 @@ pub fn check(esp: &Path, plan: &EspPlan) -> Vec<Problem> {
             });
         }
     }
-    if std::fs::read(esp.join(LOADER_CONF_PATH)).map_or(true, |c| c != LOADER_CONF.as_bytes()) {
+    if std::fs::read(esp.join(LOADER_CONF_PATH)).map_or(true, |c| c != plan.loader_conf.as_bytes())
+    {
         problems.push(Problem::WrongFile {
             path: LOADER_CONF_PATH.into(),
         });
