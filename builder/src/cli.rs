@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// Pass a provisioning document to the guest through QEMU fw_cfg.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Boot with OVMF's Secure Boot firmware and a fresh variable store
+    /// in setup mode: an image that enrolls its keys (`[secure-boot]`
+    /// with `enroll = "force"`) does so, resets, and boots verified.
+    #[arg(long)]
+    pub secure_boot: bool,
 }
 
 /// Options of `berth serve`.
@@ -224,6 +229,7 @@ impl From<RunArgs> for RunOpts {
             accel: a.accel.into(),
             console_log: a.console_log,
             config: a.config,
+            secure_boot: a.secure_boot,
         }
     }
 }

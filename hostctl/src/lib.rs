@@ -11,6 +11,7 @@ pub mod agent;
 pub mod bootcheck;
 pub mod cli;
 pub mod control;
+pub mod firmware;
 mod host;
 pub mod identity;
 pub mod provision;

@@ -93,6 +93,8 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let identity = crate::identity::read(Path::new("/"), &policy);
     let agent = crate::agent::state::load(Path::new("/"));
     let paused = crate::agent::state::paused(Path::new("/"));
+    let secure_boot =
+        crate::firmware::read(Path::new("/"), Path::new(berth_sysroot::efivars::EFIVARS));
     if json {
         let value = serde_json::json!({
             "deployments": list,
@@ -100,6 +102,7 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
             "boot_check": check,
             "machine_id": identity.machine_id.map(|m| m.to_string()),
             "host_id": identity.host_id.map(|m| m.to_string()),
+            "secure_boot": secure_boot,
             "update": {
                 "strategy": policy.strategy.name(),
                 "wariness": identity.wariness,
@@ -136,6 +139,14 @@ pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     if let Some(h) = identity.host_id {
         println!("  host id:    {h} (app-specific: what updates and fleets know this host by)");
     }
+    println!(
+        "  secure boot: {}{}",
+        secure_boot.state,
+        secure_boot
+            .lockdown
+            .as_ref()
+            .map_or(String::new(), |l| format!(" (kernel lockdown: {l})"))
+    );
     let agent_line = match (&agent, paused) {
         (_, true) => "paused".to_string(),
         (Some(a), false) => format!("{}: {}", a.state.words(), a.message),

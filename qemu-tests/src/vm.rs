@@ -71,9 +71,22 @@ pub struct VmOptions {
     /// `2026-12-02T02:55:00`, UTC): a test puts a guest just before a
     /// maintenance window. `None`: the host's time.
     pub rtc_base: Option<String>,
+    /// OVMF's Secure Boot firmware, the variable store starting in setup
+    /// mode (`berth run --secure-boot`).
+    pub secure_boot: bool,
 }
 
 impl VmOptions {
+    /// The firmware these options boot: OVMF's Secure Boot build or the
+    /// plain one.
+    pub fn firmware(&self) -> Result<Firmware> {
+        Ok(if self.secure_boot {
+            Firmware::locate_secure_boot()?
+        } else {
+            Firmware::locate()?
+        })
+    }
+
     /// The QEMU config for these options, console on pipes.
     fn qemu_config(
         &self,
@@ -89,6 +102,7 @@ impl VmOptions {
         config.publish = self.publish.clone();
         config.guest_forwards = self.guest_forwards.clone();
         config.reboot = self.reboot;
+        config.secure_boot = self.secure_boot;
         config.console = ConsoleMode::Pipe;
         if let Some(file) = &self.config {
             config.fw_cfg.push(FwCfgFile {
@@ -142,6 +156,7 @@ impl Default for VmOptions {
             disk_size: None,
             devices: Vec::new(),
             rtc_base: None,
+            secure_boot: false,
         }
     }
 }
@@ -191,7 +206,7 @@ fn grow_disk(disk: &Path, format: DiskFormat, size: u64) -> Result<()> {
 impl Vm {
     /// Boots `image` (raw or qcow2) and starts draining its console.
     pub fn boot(image: &Path, options: VmOptions) -> Result<Vm> {
-        let firmware = Firmware::locate()?;
+        let firmware = options.firmware()?;
         let dir = tempfile::Builder::new()
             .prefix("berth-vm-")
             .tempdir()
@@ -450,7 +465,7 @@ impl Vm {
     pub fn reboot_from(mut self, options: VmOptions) -> Result<Vm> {
         let _ = self.process.stop(berth::run::process::STOP_GRACE);
         self.join_reader();
-        let firmware = Firmware::locate()?;
+        let firmware = options.firmware()?;
         let dir = tempfile::Builder::new()
             .prefix("berth-vm-")
             .tempdir()
@@ -604,7 +619,7 @@ impl Snapshot {
     /// from the same bytes), a copy of the UEFI variables. The guest runs
     /// on from the moment it was stopped: its shell is where it was.
     pub fn resume(&self) -> Result<Vm> {
-        let firmware = Firmware::locate()?;
+        let firmware = self.options.firmware()?;
         let dir = tempfile::Builder::new()
             .prefix("berth-vm-")
             .tempdir()

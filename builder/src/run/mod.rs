@@ -59,6 +59,8 @@ pub struct RunOpts {
     pub console_log: Option<PathBuf>,
     /// A provisioning document passed to the guest through QEMU fw_cfg.
     pub config: Option<PathBuf>,
+    /// Secure Boot firmware, in setup mode (`--secure-boot`).
+    pub secure_boot: bool,
 }
 
 /// Where Debian's `ovmf` package puts the firmware.
@@ -98,6 +100,11 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> R
     }
 }
 
+/// Where the firmware is looked for: `$BERTH_OVMF_DIR`, else [`OVMF_DIR`].
+fn firmware_dir() -> PathBuf {
+    std::env::var_os("BERTH_OVMF_DIR").map_or_else(|| PathBuf::from(OVMF_DIR), PathBuf::from)
+}
+
 /// The OVMF firmware pair: code (read-only) and the variable store
 /// template each VM gets a copy of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +132,30 @@ impl Firmware {
 
     /// The firmware in `$BERTH_OVMF_DIR`, else in [`OVMF_DIR`].
     pub fn locate() -> Result<Firmware, RunError> {
-        let dir = std::env::var_os("BERTH_OVMF_DIR")
-            .map_or_else(|| PathBuf::from(OVMF_DIR), PathBuf::from);
-        Firmware::in_dir(&dir)
+        Firmware::in_dir(&firmware_dir())
+    }
+
+    /// OVMF's Secure Boot build (`OVMF_CODE_4M.secboot.fd`) with an empty
+    /// variable store: the machine starts in setup mode, as a new PC
+    /// whose owner cleared the keys, so systemd-boot can enroll the
+    /// image's keys at the first boot. Needs [`QemuConfig::secure_boot`].
+    pub fn secure_boot_in_dir(dir: &Path) -> Result<Firmware, RunError> {
+        let fw = Firmware {
+            code: dir.join("OVMF_CODE_4M.secboot.fd"),
+            vars_template: dir.join("OVMF_VARS_4M.fd"),
+        };
+        for path in [&fw.code, &fw.vars_template] {
+            if !path.is_file() {
+                return Err(RunError::MissingFirmware { path: path.clone() });
+            }
+        }
+        Ok(fw)
+    }
+
+    /// [`Firmware::secure_boot_in_dir`] in `$BERTH_OVMF_DIR`, else in
+    /// [`OVMF_DIR`].
+    pub fn locate_secure_boot() -> Result<Firmware, RunError> {
+        Firmware::secure_boot_in_dir(&firmware_dir())
     }
 
     /// Copies the variable store into `dir` for one VM.
@@ -220,7 +248,11 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<ExitCode> {
     if let Some(config) = opts.config.as_ref().filter(|c| !c.is_file()) {
         return Err(InputError(format!("--config {} does not exist", config.display())).into());
     }
-    let firmware = Firmware::locate()?;
+    let firmware = if opts.secure_boot {
+        Firmware::locate_secure_boot()?
+    } else {
+        Firmware::locate()?
+    };
     let qemu = PathBuf::from("qemu-system-x86_64");
     let choice = accel::choose(opts.accel, &qemu);
     eprintln!("berth: {choice}");
@@ -240,6 +272,7 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<ExitCode> {
     config.memory_mib = opts.memory;
     config.cpus = opts.cpus;
     config.publish = publish;
+    config.secure_boot = opts.secure_boot;
     if let Some(file) = &opts.config {
         config.fw_cfg.push(FwCfgFile {
             name: FW_CFG_CONFIG.into(),

@@ -164,6 +164,10 @@ pub struct QemuConfig {
     pub console: ConsoleMode,
     /// Stay up or exit on guest reboot.
     pub reboot: RebootPolicy,
+    /// Secure Boot firmware: OVMF's secboot build only runs with SMM on
+    /// q35 and its variable store behind SMM-protected flash, so that the
+    /// guest OS cannot rewrite the keys.
+    pub secure_boot: bool,
     /// Appended as they are (for test devices).
     pub extra_args: Vec<OsString>,
 }
@@ -193,6 +197,7 @@ impl QemuConfig {
             fw_cfg: Vec::new(),
             console: ConsoleMode::Pipe,
             reboot: RebootPolicy::Allow,
+            secure_boot: false,
             extra_args: Vec::new(),
         }
     }
@@ -202,7 +207,13 @@ impl QemuConfig {
         let mut a = Args::default();
         // No default devices: exactly what is listed below.
         a.push("-nodefaults").push("-no-user-config");
-        a.push("-machine").push("q35");
+        if self.secure_boot {
+            a.push("-machine").push("q35,smm=on");
+            a.push("-global")
+                .push("driver=cfi.pflash01,property=secure,value=on");
+        } else {
+            a.push("-machine").push("q35");
+        }
         a.push("-accel").push(self.accel.name());
         a.push("-cpu").push(self.accel.cpu());
         a.push("-m").push(format!("{}M", self.memory_mib));
@@ -360,6 +371,20 @@ mod tests {
             "{l}"
         );
         assert!(!l.contains("-monitor"), "{l}");
+    }
+
+    #[test]
+    fn secure_boot_turns_on_smm_and_protects_the_variable_flash() {
+        let mut c = config();
+        c.secure_boot = true;
+        let l = line(&c);
+        assert!(
+            l.contains(
+                "-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on -accel"
+            ),
+            "{l}"
+        );
+        assert!(!line(&config()).contains("smm"));
     }
 
     #[test]
