@@ -189,6 +189,30 @@ pub const NEW_ENTRY_TRIES: u32 = 3;
 /// at 0) falls behind the previous one by itself.
 pub const LOADER_CONF: &str = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n";
 
+/// The signed unified kernel image of a Secure Boot image (`[secure-boot]`
+/// in the manifest), next to its kernel: `usr/lib/modules/<kver>/berth.efi`.
+pub const UKI_NAME: &str = "berth.efi";
+/// systemd-boot signed with the image's db key (Debian's name for a signed
+/// copy), beside the unsigned [`SYSTEMD_BOOT_IN_TREE`].
+pub const SIGNED_SYSTEMD_BOOT_IN_TREE: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed";
+/// Folder holding `PK.auth`, `KEK.auth` and `db.auth`, the signed key
+/// updates systemd-boot enrolls on a machine in setup mode (absent: the
+/// image enrolls nothing).
+pub const ENROLL_KEYS_IN_TREE: &str = "usr/lib/berth/secure-boot/keys";
+/// One word and a newline: `manual`, `force` or `off`, systemd-boot's
+/// `secure-boot-enroll` for a Secure Boot image.
+pub const ENROLL_MODE_IN_TREE: &str = "usr/lib/berth/secure-boot/enroll";
+/// A Secure Boot image's tree id (32 hex digits and a newline), which
+/// names the deployment its UKI boots: the UKI is inside the commit, so
+/// it cannot name the commit's own checksum.
+pub const TREE_ID_PATH: &str = "/usr/lib/berth/tree-id";
+/// systemd's EFI stub in the tree (package systemd-boot-efi), the base a
+/// UKI is assembled on.
+pub const STUB_IN_TREE: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+/// The kernel argument a UKI's `.cmdline` carries to name its deployment
+/// by [`TREE_ID_PATH`]: `berth.tree=<tree id>`.
+pub const TREE_KARG: &str = "berth.tree=";
+
 /// A file to copy onto the ESP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedFile {
