@@ -17,6 +17,7 @@ pub mod error;
 pub mod host_config;
 pub mod ids;
 pub mod initramfs;
+pub mod keys;
 pub mod manifest;
 pub mod packages;
 pub mod progress;
