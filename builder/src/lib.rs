@@ -27,3 +27,4 @@ pub mod run;
 pub mod serve;
 pub mod signing;
 pub mod summary;
+pub mod uki;
