@@ -23,7 +23,7 @@ use crate::packages::{Cache, PackageRequest, PackagesError};
 use crate::progress::Progress;
 use crate::rootfs::{self, fsutil, overlay};
 use crate::signing::{KeyOrigin, Signer};
-use crate::{binaries, commit, container, host_config, ids, initramfs, signing};
+use crate::{binaries, commit, container, host_config, ids, initramfs, signing, uki};
 
 /// What `berth build` is asked to do (the command line maps its flags
 /// onto this; `crate::cli` documents each one).
@@ -83,6 +83,8 @@ pub struct BuildOutput {
     pub fetched: bool,
     /// Initramfs size in bytes and its modules.
     pub initramfs: (u64, Vec<String>),
+    /// The signed UKI and the rest of `[secure-boot]`, if asked for.
+    pub uki: Option<uki::UkiReport>,
 }
 
 /// Runs `berth build` and prints the summary.
@@ -120,6 +122,11 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     progress.stage("resolve", "reading the manifest");
     let m = Manifest::load(&opts.manifest)?;
     let timestamp = build_timestamp()?;
+    // [secure-boot]'s key files are inputs: checked before any work.
+    let secure_boot = uki::prepare(&m)?;
+    if secure_boot.is_some() {
+        progress.add_uki_stage();
+    }
     let bins = binaries::find()?;
     let req = PackageRequest::from_manifest(&m);
     let cache = Cache::new(opts.cache_dir.clone().unwrap_or_else(Cache::default_root));
@@ -191,6 +198,26 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     std::fs::create_dir_all(initramfs_path.parent().unwrap_or(&overlay_dir))?;
     std::fs::write(&initramfs_path, &image)
         .with_context(|| format!("writing {}", initramfs_path.display()))?;
+
+    let uki = match &secure_boot {
+        Some(inputs) => {
+            progress.stage("uki", "signing the unified kernel image");
+            let kargs = image_kargs(&m).render_image_file();
+            let image = uki::Image {
+                name: &m.name,
+                version: &m.version,
+                timestamp,
+                kver: &kver,
+                kargs: &kargs,
+            };
+            let tree = uki::Tree {
+                base: &base.dir,
+                overlay: &overlay_dir,
+            };
+            Some(uki::write(inputs, tree, &image, &work.path.join("uki"))?)
+        }
+        None => None,
+    };
 
     progress.stage("commit", &format!("committing to {}", repo_path.display()));
     let ostree_ref = commit::ostree_ref(&m.name);
@@ -304,6 +331,7 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         fetched: base.fresh,
         base: base.info,
         initramfs: (image.len() as u64, modules),
+        uki,
     })
 }
 
@@ -410,6 +438,20 @@ pub fn signing_line(out: &BuildOutput) -> String {
             )
         }
     }
+}
+
+/// The summary's `uki` line: the signed UKI's size, its tree id, and what
+/// systemd-boot may enroll.
+pub fn uki_line(u: &uki::UkiReport) -> String {
+    let enroll = match (u.enroll_keys, u.enroll) {
+        (false, _) => "no keys to enroll".to_string(),
+        (true, mode) => format!("enrolls PK, KEK and db ({})", mode.name()),
+    };
+    format!(
+        "{} signed, tree id {}; systemd-boot signed; {enroll}",
+        human_bytes(u.size),
+        u.tree_id
+    )
 }
 
 /// Sets every access and modification time in `root` to `timestamp`:
@@ -549,6 +591,9 @@ fn print_summary(out: &BuildOutput, progress: &Progress, total: f64) {
         human_bytes(out.initramfs.0),
         out.initramfs.1.len()
     );
+    if let Some(u) = &out.uki {
+        println!("  uki        {}", uki_line(u));
+    }
     let stages: Vec<String> = progress
         .timings
         .iter()

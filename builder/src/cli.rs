@@ -1,7 +1,7 @@
 //! The `berth` command line: the clap-derived arguments of each verb (their
 //! doc comments are the help text), mapped onto the options the verb's
-//! module owns ([`BuildOpts`], [`RunOpts`], [`ServeOpts`], [`RolloutOpts`]), and one
-//! function that runs a verb.
+//! module owns ([`BuildOpts`], [`RunOpts`], [`ServeOpts`], [`RolloutOpts`],
+//! [`GenerateOpts`]), and one function that runs a verb.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::build::{BuildOpts, ImageFormat};
+use crate::keys::GenerateOpts;
 use crate::rollout::{Action, Change, RolloutOpts, Start};
 use crate::run::{Accel, RunOpts};
 use crate::serve::ServeOpts;
@@ -34,6 +35,34 @@ pub enum Cmd {
     /// Start, pause, resume, complete or show the staged rollout of a
     /// ref's newest commit.
     Rollout(RolloutArgs),
+    /// Make Secure Boot keys.
+    Keys(KeysArgs),
+}
+
+/// Options of `berth keys`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeysArgs {
+    /// What to do with keys.
+    #[command(subcommand)]
+    pub command: KeysCmd,
+}
+
+/// The verbs of `berth keys`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCmd {
+    /// Make a fresh Secure Boot PK, KEK and db (keys, certificates, EFI
+    /// signature lists and signed .auth updates) in a new folder.
+    Generate(GenerateArgs),
+}
+
+/// Options of `berth keys generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    /// The folder to create (it may exist if empty).
+    pub dir: PathBuf,
+    /// Prefix of the certificates' common names: "NAME PK", "NAME KEK", "NAME db".
+    #[arg(long, default_value = "Berth")]
+    pub name: String,
 }
 
 /// Disk image formats `berth build` writes: `--format`.
@@ -206,6 +235,15 @@ impl From<BuildArgs> for BuildOpts {
     }
 }
 
+impl From<GenerateArgs> for GenerateOpts {
+    fn from(a: GenerateArgs) -> GenerateOpts {
+        GenerateOpts {
+            dir: a.dir,
+            name: a.name,
+        }
+    }
+}
+
 impl From<AccelArg> for Accel {
     fn from(arg: AccelArg) -> Accel {
         match arg {
@@ -287,6 +325,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => crate::run::run(&args.into()),
         Cmd::Serve(args) => crate::serve::run(&args.into()).map(|()| ExitCode::SUCCESS),
         Cmd::Rollout(args) => crate::rollout::run(&args.into()).map(|()| ExitCode::SUCCESS),
+        Cmd::Keys(KeysArgs {
+            command: KeysCmd::Generate(args),
+        }) => crate::keys::run(&args.into()).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -398,6 +439,30 @@ mod tests {
         }
         let e = Cli::try_parse_from(["berth", "rollout", "out/repo"]).unwrap_err();
         assert_eq!(e.exit_code(), 2, "--ref is required: {e}");
+    }
+
+    #[test]
+    fn keys_generate_takes_a_folder_and_a_name() {
+        let cli = Cli::try_parse_from(["berth", "keys", "generate", "sb"]).unwrap();
+        let Cmd::Keys(KeysArgs {
+            command: KeysCmd::Generate(g),
+        }) = cli.command
+        else {
+            panic!("not keys generate")
+        };
+        let g = GenerateOpts::from(g);
+        assert_eq!((g.dir, g.name.as_str()), (PathBuf::from("sb"), "Berth"));
+        let cli =
+            Cli::try_parse_from(["berth", "keys", "generate", "sb", "--name", "Acme"]).unwrap();
+        let Cmd::Keys(KeysArgs {
+            command: KeysCmd::Generate(g),
+        }) = cli.command
+        else {
+            panic!("not keys generate")
+        };
+        assert_eq!(g.name, "Acme");
+        let e = Cli::try_parse_from(["berth", "keys", "generate"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "DIR is required: {e}");
     }
 
     #[test]

@@ -28,6 +28,18 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    /// The program is not installed; it comes with a known Debian package.
+    #[error(
+        "{what}: `{program}` is not installed (Debian package {package}; scripts/install-deps installs it)"
+    )]
+    Missing {
+        /// What was being done.
+        what: String,
+        /// The program.
+        program: String,
+        /// The Debian package that has it.
+        package: String,
+    },
     /// The program ran and failed.
     #[error("{what}: `{cmdline}` failed ({status}){tail}")]
     Failed {
@@ -49,7 +61,7 @@ impl CommandError {
     pub fn stderr(&self) -> &str {
         match self {
             CommandError::Failed { stderr, .. } => stderr,
-            CommandError::Spawn { .. } => "",
+            CommandError::Spawn { .. } | CommandError::Missing { .. } => "",
         }
     }
 }
@@ -123,6 +135,21 @@ pub fn run(what: &str, cmd: &mut Command) -> Result<Output, CommandError> {
     })
 }
 
+/// [`run`] for a program from Debian package `package`: when the program
+/// is not installed, the error names the package to install.
+pub fn run_packaged(what: &str, package: &str, cmd: &mut Command) -> Result<Output, CommandError> {
+    run(what, cmd).map_err(|e| match e {
+        CommandError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            CommandError::Missing {
+                what: what.to_string(),
+                program: cmd.get_program().to_string_lossy().into_owned(),
+                package: package.to_string(),
+            }
+        }
+        e => e,
+    })
+}
+
 /// Runs `cmd` and returns its stdout as text.
 pub fn run_stdout(what: &str, cmd: &mut Command) -> Result<String, CommandError> {
     let out = run(what, cmd)?;
@@ -155,6 +182,21 @@ mod tests {
         let err = run("probing", &mut Command::new("/nonexistent/tool")).unwrap_err();
         assert!(matches!(err, CommandError::Spawn { .. }));
         assert!(err.to_string().contains("/nonexistent/tool"));
+    }
+
+    #[test]
+    fn missing_packaged_program_names_its_package() {
+        let err = run_packaged(
+            "signing",
+            "sbsigntool",
+            &mut Command::new("/nonexistent/sbsign"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "signing: `/nonexistent/sbsign` is not installed (Debian package sbsigntool; \
+             scripts/install-deps installs it)"
+        );
     }
 
     #[test]

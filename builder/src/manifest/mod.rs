@@ -9,6 +9,7 @@
 
 mod policy;
 mod schema;
+mod secure_boot;
 mod services;
 pub mod units;
 mod validate;
@@ -91,6 +92,50 @@ pub struct Manifest {
     pub update: Option<Update>,
     /// The SSH server, when enabled.
     pub ssh: Option<Ssh>,
+    /// Secure Boot: the key that signs the boot chain, and what to enroll.
+    pub secure_boot: Option<SecureBoot>,
+}
+
+/// `[secure-boot]`: sign a unified kernel image and systemd-boot with a db
+/// key, and optionally hand systemd-boot keys to enroll. Paths are
+/// relative to the manifest; the build reads and checks the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureBoot {
+    /// PEM private key of the db entry that signs (unencrypted).
+    pub key: Located<PathBuf>,
+    /// PEM X.509 certificate of that key.
+    pub certificate: Located<PathBuf>,
+    /// Folder with `PK.auth`, `KEK.auth` and `db.auth`.
+    pub enroll_keys: Option<Located<PathBuf>>,
+    /// systemd-boot's `secure-boot-enroll`.
+    pub enroll: EnrollMode,
+}
+
+/// When systemd-boot enrolls the image's keys on a machine in setup mode
+/// (its loader.conf `secure-boot-enroll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnrollMode {
+    /// A menu entry enrolls them when an operator picks it.
+    #[default]
+    Manual,
+    /// Enrolled at once, unattended (virtual machines).
+    Force,
+    /// Never.
+    Off,
+}
+
+impl EnrollMode {
+    /// Every mode, in the order messages list them.
+    pub const ALL: [EnrollMode; 3] = [EnrollMode::Manual, EnrollMode::Force, EnrollMode::Off];
+
+    /// The word in the manifest and in loader.conf.
+    pub fn name(self) -> &'static str {
+        match self {
+            EnrollMode::Manual => "manual",
+            EnrollMode::Force => "force",
+            EnrollMode::Off => "off",
+        }
+    }
 }
 
 /// `[ssh]`: an SSH server (dropbear) as a service, key logins only.

@@ -33,6 +33,18 @@ pub struct RawManifest {
     pub update: Option<RawUpdate>,
     #[serde(default)]
     pub ssh: Option<RawSsh>,
+    #[serde(default)]
+    pub secure_boot: Option<RawSecureBoot>,
+}
+
+/// `[secure-boot]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSecureBoot {
+    pub key: Spanned<String>,
+    pub certificate: Spanned<String>,
+    pub enroll_keys: Option<Spanned<String>>,
+    pub enroll: Option<Spanned<String>>,
 }
 
 /// `[ssh]`.

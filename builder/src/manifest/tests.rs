@@ -590,3 +590,72 @@ fn update_policy_errors_name_the_key_and_the_line() {
         "{text}"
     );
 }
+
+const SECURE_BOOT: &str = "name = \"x\"\nversion = \"1\"\n[secure-boot]\nkey = \"sb/db.key\"\ncertificate = \"sb/db.crt\"\n";
+
+#[test]
+fn secure_boot_defaults_to_manual_enrollment_of_nothing() {
+    assert_eq!(parse(GOOD).unwrap().secure_boot, None);
+    let s = parse(SECURE_BOOT).unwrap().secure_boot.unwrap();
+    assert_eq!(s.key.value, Path::new("sb/db.key"));
+    assert_eq!(s.key.key, "secure-boot.key");
+    assert_eq!(s.certificate.value, Path::new("sb/db.crt"));
+    assert_eq!((s.enroll_keys, s.enroll), (None, EnrollMode::Manual));
+    let s = parse(&format!(
+        "{SECURE_BOOT}enroll-keys = \"sb\"\nenroll = \"force\"\n"
+    ))
+    .unwrap()
+    .secure_boot
+    .unwrap();
+    assert_eq!(s.enroll_keys.unwrap().value, Path::new("sb"));
+    assert_eq!(s.enroll, EnrollMode::Force);
+    let s = parse(&format!("{SECURE_BOOT}enroll = \"off\"\n"))
+        .unwrap()
+        .secure_boot
+        .unwrap();
+    assert_eq!(s.enroll, EnrollMode::Off);
+}
+
+#[test]
+fn secure_boot_needs_a_key_and_a_certificate() {
+    let e = err("name = \"x\"\nversion = \"1\"\n[secure-boot]\nkey = \"db.key\"\n");
+    assert_eq!(e.key, "secure-boot", "{e}");
+    assert!(e.message.contains("missing field `certificate`"), "{e}");
+    assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+    let e = err(&SECURE_BOOT.replace("\"sb/db.crt\"", "\"\""));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("secure-boot.certificate", Some((5, 15))),
+        "{e}"
+    );
+    let e = err(&format!("{SECURE_BOOT}db = \"x\"\n"));
+    assert!(e.message.contains("unknown field `db`"), "{e}");
+}
+
+#[test]
+fn secure_boot_enroll_modes_must_match_the_keys() {
+    let e = err(&format!("{SECURE_BOOT}enroll = \"force\"\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("secure-boot.enroll", Some((6, 10))),
+        "{e}"
+    );
+    assert!(e.message.contains("secure-boot.enroll-keys"), "{e}");
+    let e = err(&format!(
+        "{SECURE_BOOT}enroll-keys = \"sb\"\nenroll = \"off\"\n"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("secure-boot.enroll-keys", Some((6, 15))),
+        "{e}"
+    );
+    assert!(e.message.contains("enroll = \"off\""), "{e}");
+    let e = err(&format!("{SECURE_BOOT}enroll = \"auto\"\n"));
+    assert_eq!(e.key, "secure-boot.enroll", "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "m.toml:6:10: secure-boot.enroll: unknown mode \"auto\" (expected \"manual\""
+        ),
+        "{e}"
+    );
+}

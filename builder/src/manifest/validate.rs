@@ -38,7 +38,7 @@ impl Checker<'_> {
         }
     }
 
-    fn located<T>(&self, key: impl Into<String>, s: Spanned<T>) -> Located<T> {
+    pub(super) fn located<T>(&self, key: impl Into<String>, s: Spanned<T>) -> Located<T> {
         let span = s.span();
         Located {
             value: s.into_inner(),
@@ -166,6 +166,10 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
             ));
         }
     }
+    let secure_boot = match raw.secure_boot {
+        Some(s) => Some(super::secure_boot::check(c, s)?),
+        None => None,
+    };
     Ok(Manifest {
         path: c.path.to_path_buf(),
         text: c.text.to_string(),
@@ -181,11 +185,12 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         containers,
         update,
         ssh,
+        secure_boot,
     })
 }
 
 impl Located<String> {
-    fn map_path(self) -> Located<PathBuf> {
+    pub(super) fn map_path(self) -> Located<PathBuf> {
         Located {
             value: PathBuf::from(self.value),
             key: self.key,
