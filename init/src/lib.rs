@@ -19,8 +19,8 @@
 //! services, under stage 2 or `berth-init supervise`) and `sys/` (the
 //! system layer under all of them). The modules at the top are shared by
 //! both stages: the console, the kernel command line, mounts, block
-//! devices and GPT, kernel modules, the watchdog, shutdown and boot
-//! failure. Only what the binary calls is public: [`pid1_main`], [`cli`],
+//! devices and GPT, EFI variables, kernel modules, the watchdog, shutdown
+//! and boot failure. Only what the binary calls is public: [`pid1_main`], [`cli`],
 //! [`supervise`] and [`failure::install_panic_hook`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -35,6 +35,7 @@ mod sys;
 mod blockdev;
 mod cmdline;
 mod console;
+mod efivars;
 pub mod failure;
 mod gpt;
 mod modules;

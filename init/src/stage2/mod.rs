@@ -444,7 +444,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     }
     let dhcp = unless_configured(&config, network::configure(&config.network));
 
-    let trial = bless::trial(Path::new(bless::EFIVARS_DIR));
+    let trial = bless::trial(Path::new(crate::efivars::EFIVARS_DIR));
     let ready_deadline = trial.as_ref().map(|t| {
         let ms = match config.ready_deadline_ms {
             0 => DEFAULT_READY_DEADLINE,
