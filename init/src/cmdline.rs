@@ -3,6 +3,7 @@
 //! | key | meaning |
 //! |---|---|
 //! | `root=PARTUUID=<uuid>` | the root partition, by GPT partition GUID (`root=/dev/…` also works) |
+//! | no `root=`, or `root=gpt-auto` | the x86-64 root partition on the disk of the ESP the boot loader booted from (`LoaderDevicePartUUID`), as systemd's gpt-auto finds it |
 //! | `rootfstype=` | its file-system type (default `ext4`) |
 //! | `rootflags=` | its mount options |
 //! | `ostree=/ostree/deploy/<os>/deploy/<csum>.<serial>` | the deployment (a symlink is resolved) |
@@ -21,6 +22,9 @@ pub enum RootSpec {
     PartUuid(String),
     /// `root=/dev/…`: a device node.
     Path(String),
+    /// `root=gpt-auto`, or no `root=`: found by the Discoverable Partitions
+    /// Specification ([`crate::blockdev::discover_root`]).
+    GptAuto,
 }
 
 /// A fault to inject, for tests that need a PID 1 gone wrong: inert
@@ -47,7 +51,9 @@ impl Fault {
 /// What berth-init takes from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmdline {
-    /// The root partition.
+    /// The root partition: [`RootSpec::GptAuto`] when there is no
+    /// `root=`, None when `root=` names something berth-init cannot find
+    /// (e.g. `LABEL=`).
     pub root: Option<RootSpec>,
     /// Root file-system type.
     pub rootfstype: String,
@@ -69,7 +75,7 @@ pub const DEFAULT_ROOT_TIMEOUT: Duration = Duration::from_secs(30);
 impl Default for Cmdline {
     fn default() -> Self {
         Cmdline {
-            root: None,
+            root: Some(RootSpec::GptAuto),
             rootfstype: "ext4".into(),
             rootflags: String::new(),
             ostree: None,
@@ -131,6 +137,8 @@ impl Cmdline {
                         .or_else(|| v.strip_prefix("partuuid="))
                     {
                         Some(RootSpec::PartUuid(uuid.to_ascii_lowercase()))
+                    } else if v == "gpt-auto" {
+                        Some(RootSpec::GptAuto)
                     } else if v.starts_with('/') {
                         Some(RootSpec::Path(v.to_string()))
                     } else {
@@ -183,6 +191,16 @@ mod tests {
         assert!(c.debug);
         assert_eq!(c.rootfstype, "ext4");
         assert_eq!(c.fault, None);
+    }
+
+    #[test]
+    fn no_root_means_gpt_auto() {
+        let c = Cmdline::parse("console=ttyS0 rw");
+        assert_eq!(c.root, Some(RootSpec::GptAuto));
+        assert_eq!(
+            Cmdline::parse("root=PARTUUID=ab root=gpt-auto").root,
+            Some(RootSpec::GptAuto)
+        );
     }
 
     #[test]

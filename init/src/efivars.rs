@@ -1,5 +1,7 @@
-//! EFI variables as efivarfs shows them: what the boot loader tells the
-//! host. Stage 2 reads `LoaderBootCountPath` to bless a boot on trial.
+//! EFI variables as efivarfs shows them: what the boot loader tells both
+//! stages. Stage 1 reads `LoaderDevicePartUUID` to find the root disk
+//! when the command line does not name it; stage 2 reads
+//! `LoaderBootCountPath` to bless a boot on trial.
 //!
 //! Reading only: nothing here writes a variable.
 
@@ -32,6 +34,16 @@ pub fn utf16le(bytes: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
+/// The partition GUID of the ESP the boot loader was started from, lower
+/// case: `LoaderDevicePartUUID`, which systemd-boot sets (upper case) and
+/// the stub sets when the loader did not. None when it is not there or
+/// empty.
+pub fn loader_device_part_uuid(efivars: &Path) -> Option<String> {
+    let data = read_efivar(efivars, "LoaderDevicePartUUID", LOADER_GUID)?;
+    let uuid = utf16le(&data).trim().to_ascii_lowercase();
+    (!uuid.is_empty()).then_some(uuid)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -46,5 +58,23 @@ pub(crate) mod tests {
         }
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join(format!("{name}-{LOADER_GUID}")), bytes)
+    }
+
+    #[test]
+    fn the_esp_guid_is_read_in_lower_case() -> std::io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        assert_eq!(loader_device_part_uuid(tmp.path()), None);
+        write_efivar(
+            tmp.path(),
+            "LoaderDevicePartUUID",
+            "11111111-2222-3333-4444-55555555AAAA",
+        )?;
+        assert_eq!(
+            loader_device_part_uuid(tmp.path()).as_deref(),
+            Some("11111111-2222-3333-4444-55555555aaaa")
+        );
+        write_efivar(tmp.path(), "LoaderDevicePartUUID", "")?;
+        assert_eq!(loader_device_part_uuid(tmp.path()), None);
+        Ok(())
     }
 }
