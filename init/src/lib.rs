@@ -3,8 +3,9 @@
 //! - Stage 1 (in the initramfs, where /etc/initrd-release exists): mount
 //!   the API file systems, load the initramfs's modules, find the root
 //!   partition (by PARTUUID, or on the disk of the ESP the boot loader
-//!   booted from), mount it, set up the OSTree deployment as
-//!   ostree-prepare-root does, switch root and exec stage 2.
+//!   booted from), mount it, set up the OSTree deployment (named by
+//!   `ostree=` or by its tree id) as ostree-prepare-root does, switch root
+//!   and exec stage 2.
 //! - Stage 2 (PID 1 in the deployment): the remaining mounts, modules,
 //!   network, then the supervisor, which runs the host's services, reaps
 //!   every process, prints the ready line, blesses a boot on trial and shuts

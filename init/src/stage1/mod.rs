@@ -6,13 +6,14 @@
 //! (uncompressed `.ko`, or compressed with kernel-side decompression), and
 //! optionally `/bin/sh` for the emergency shell.
 //!
-//! This directory holds what only stage 1 runs: [`prepare_root`] (the
-//! OSTree deployment's mounts) and [`switch_root`] (leaving the
-//! initramfs). What stage 2 uses too (the command line, mounts, block
+//! This directory holds what only stage 1 runs: [`tree_id`] (choosing
+//! the deployment by `berth.tree=`), [`prepare_root`] (the OSTree
+//! deployment's mounts) and [`switch_root`] (leaving the initramfs). What stage 2 uses too (the command line, mounts, block
 //! devices, modules) is at the top of the crate.
 
 mod prepare_root;
 mod switch_root;
+mod tree_id;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +59,9 @@ pub enum Stage1Error {
         #[source]
         source: std::io::Error,
     },
+    /// `berth.tree=` named no deployment.
+    #[error("choosing the deployment by tree id")]
+    Tree(#[from] tree_id::TreeError),
     /// Setting up the deployment failed.
     #[error("setting up the OSTree deployment")]
     Prepare(#[from] prepare_root::PrepareError),
@@ -230,6 +234,20 @@ pub fn run(sys: &dyn Sys, ctx: &mut Context) -> Stage1Error {
     }
 }
 
+/// The deployment to boot, relative to the physical root: `ostree=`, else
+/// the one `berth.tree=` names, else none (prepare-root says so).
+fn deployment_target(sysroot: &Path, cmdline: &Cmdline) -> Result<Option<String>, Stage1Error> {
+    if let Some(target) = &cmdline.ostree {
+        return Ok(Some(target.clone()));
+    }
+    let Some(id) = &cmdline.tree else {
+        return Ok(None);
+    };
+    let target = tree_id::find_deployment(sysroot, id)?;
+    crate::say!("deployment {target}: its tree has id {id} (berth.tree=)");
+    Ok(Some(target))
+}
+
 /// Everything after the API mounts: modules, root, deployment, switch root.
 pub fn boot(
     sys: &dyn Sys,
@@ -256,13 +274,14 @@ pub fn boot(
     })?;
     crate::say!("mounted {} on {SYSROOT}", found.device.display());
 
-    if let Some(target) = cmdline.ostree.as_deref() {
+    let target = deployment_target(&sysroot, cmdline)?;
+    if let Some(target) = target.as_deref() {
         if let Ok(deploy) = prepare_root::resolve_deployment(&sysroot, target) {
             ctx.debug |= deployment_debug_shell(&deploy);
         }
     }
     let run = env.root.join("run");
-    let deploy = prepare_root::prepare_root(sys, &sysroot, &run, cmdline.ostree.as_deref())?;
+    let deploy = prepare_root::prepare_root(sys, &sysroot, &run, target.as_deref())?;
     crate::say!("booting deployment {}", deploy.display());
 
     // After prepare-root, the deployment is what /sysroot shows.
@@ -370,12 +389,14 @@ mod tests {
     /// vdb of the fake machine, made a second Berth disk: ESP and root.
     const VDB_ESP: &str = "22222222-0000-4000-8000-00000000000e";
 
-    /// A machine with two Berth disks, booted from vdb's ESP, with
-    /// `cmdline`.
+    /// A machine with two Berth disks and three deployments (`abc.0`
+    /// with tree id A, `def.0` and `def.1` with tree id B), booted from
+    /// vdb's ESP, with `cmdline`.
     fn gpt_auto_machine(
         cmdline: &str,
     ) -> Result<(tempfile::TempDir, Env), Box<dyn std::error::Error>> {
         use crate::blockdev::tests::{fake_disk, fake_efivar};
+        use tree_id::tests::{ID_A, ID_B, deployment};
         let tmp = prepare_root::tests::physical_root(false)?;
         let block = crate::blockdev::tests::fake_machine(tmp.path())?;
         fake_disk(
@@ -393,6 +414,9 @@ mod tests {
         )?;
         fake_efivar(&block, VDB_ESP)?;
         let sysroot = tmp.path().join("sysroot");
+        deployment(&sysroot, "abc.0", ID_A)?;
+        deployment(&sysroot, "def.0", ID_B)?;
+        deployment(&sysroot, "def.1", ID_B)?;
         std::fs::create_dir_all(sysroot.join("usr/lib/berth"))?;
         std::fs::write(sysroot.join("usr/lib/berth/berth-init"), "")?;
         let mut cmdline = Cmdline::parse(cmdline);
@@ -515,6 +539,70 @@ mod tests {
             "{err}"
         );
         assert!(sys.calls().is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_signed_command_line_names_the_deployment_by_tree_id()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use tree_id::tests::{ID_A, ID_B};
+        for (cmdline, deploy) in [
+            // The same commit deployed twice: the newer one.
+            (format!("rw berth.tree={ID_B}"), "def.1"),
+            (format!("root=gpt-auto berth.tree={ID_A}"), "abc.0"),
+            // ostree= (a loader that passes a command line) wins.
+            (
+                format!("ostree=/ostree/deploy/berth/deploy/def.0 berth.tree={ID_A}"),
+                "def.0",
+            ),
+        ] {
+            let (tmp, env) = gpt_auto_machine(&cmdline)?;
+            let sys = FakeSys::with_root(tmp.path());
+            let err = boot_error(&sys, &env);
+            assert!(
+                err.starts_with("switching root to /sysroot: executing"),
+                "{err}"
+            );
+            let calls = sys.calls();
+            let d = format!("/sysroot/ostree/deploy/berth/deploy/{deploy}");
+            assert_eq!(
+                calls.get(4..6),
+                Some(["rprivate /".to_string(), format!("bind {d} {d}")].as_slice()),
+                "{cmdline}: {calls:#?}"
+            );
+            assert!(calls.contains(&"touch /run/ostree-booted".to_string()));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_or_unknown_tree_id_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
+        let unknown = "f".repeat(32);
+        for (arg, expected) in [
+            (
+                "berth.tree=DEADBEEF",
+                "choosing the deployment by tree id: berth.tree=\"DEADBEEF\": a tree id is \
+                 exactly 32 lower-case hex characters"
+                    .to_string(),
+            ),
+            (
+                &format!("berth.tree={unknown}"),
+                format!(
+                    "choosing the deployment by tree id: no deployment has tree id {unknown} \
+                     (3 deployments looked at under ROOT/sysroot/ostree/deploy)"
+                ),
+            ),
+        ] {
+            let (tmp, env) = gpt_auto_machine(arg)?;
+            let sys = FakeSys::with_root(tmp.path());
+            let err = boot_error(&sys, &env);
+            assert_eq!(
+                err,
+                expected.replace("ROOT", &tmp.path().display().to_string())
+            );
+            // The root was mounted; no deployment was touched.
+            assert_eq!(sys.calls().len(), 4, "{:#?}", sys.calls());
+        }
         Ok(())
     }
 }

@@ -233,6 +233,19 @@ pub(crate) mod tests {
         fs::remove_file(&id_file)?;
         fs::write(&id_file, format!("{ID_A}\n{}", " ".repeat(200)))?;
         assert!(find_deployment(root, ID_A).is_err());
+        // Nor does a tree reached through a symlinked directory: the
+        // deployment itself, or its /usr.
+        let elsewhere = deployment(&root.join("x"), "t.0", ID_B)?;
+        let deploy = root.join("ostree/deploy/berth/deploy");
+        std::os::unix::fs::symlink(&elsewhere, deploy.join(format!("{}.0", "3".repeat(64))))?;
+        fs::create_dir(deploy.join("u.0"))?;
+        std::os::unix::fs::symlink(elsewhere.join("usr"), deploy.join("u.0/usr"))?;
+        let err = find_deployment(root, ID_B).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("(2 deployments looked at")),
+            "{err:?}"
+        );
         Ok(())
     }
 }
