@@ -282,7 +282,9 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
     }
 }
 
-/// The root partition the kernel command line names, and its disk.
+/// The root partition the kernel command line names, and its disk. For
+/// `root=gpt-auto` (no `root=`) it reads `LoaderDevicePartUUID` from the
+/// efivarfs stage 1 mounted to find the same root (it came over with /sys).
 fn root_partition(paths: &BlockPaths, cmdline: &Cmdline) -> Option<blockdev::Found> {
     blockdev::find_root(paths, cmdline.root.as_ref()?).ok()
 }
