@@ -2,6 +2,11 @@
 //! /sys/class/block, read each disk's GPT ([`crate::gpt`]), and map a
 //! PARTUUID or a type GUID to the partition's /dev node (devtmpfs creates
 //! the nodes; nobody creates /dev/disk/by-partuuid).
+//!
+//! Without a PARTUUID on the command line, the root is found as systemd's
+//! gpt-auto does it ([`discover_root`]): the disk is the one holding the
+//! ESP the boot loader was started from (`LoaderDevicePartUUID`), the
+//! partition the x86-64 root partition on it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,13 +15,16 @@ use std::time::{Duration, Instant};
 use crate::cmdline::RootSpec;
 use crate::gpt;
 
-/// Where the kernel lists block devices, and where their nodes are.
+/// Where the kernel lists block devices, where their nodes are, and where
+/// the boot loader says which disk it was started from.
 #[derive(Debug, Clone)]
 pub struct BlockPaths {
     /// Normally /sys/class/block.
     pub sys_class_block: PathBuf,
     /// Normally /dev.
     pub dev: PathBuf,
+    /// Normally /sys/firmware/efi/efivars (read for `root=gpt-auto`).
+    pub efivars: PathBuf,
 }
 
 impl Default for BlockPaths {
@@ -24,6 +32,7 @@ impl Default for BlockPaths {
         BlockPaths {
             sys_class_block: PathBuf::from("/sys/class/block"),
             dev: PathBuf::from("/dev"),
+            efivars: PathBuf::from(crate::efivars::EFIVARS_DIR),
         }
     }
 }
@@ -118,32 +127,89 @@ pub fn find_partition(
     for disk in list_disks(paths) {
         match disk_partitions(paths, &disk.name) {
             Ok(entries) => {
-                let names: Vec<&str> = disk.partitions.iter().map(|(_, n)| n.as_str()).collect();
-                seen.push(format!(
-                    "{} (GPT, {} entries; kernel partitions: {})",
-                    disk.name,
-                    entries.len(),
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(" ")
-                    }
-                ));
+                seen.push(describe(&disk, &entries));
                 for entry in entries.iter().filter(|e| want(e)) {
-                    if let Some((_, part)) =
-                        disk.partitions.iter().find(|(n, _)| *n == entry.number)
-                    {
-                        return Ok(Found {
-                            disk: disk.name.clone(),
-                            device: paths.dev.join(part),
-                        });
+                    if let Some(found) = node_of(paths, &disk, entry) {
+                        return Ok(found);
                     }
                 }
             }
-            Err(e) => seen.push(format!(
-                "{} ({})",
-                disk.name,
-                berth_hostapi::error_chain::one_line(&e)
+            Err(e) => seen.push(unreadable(&disk, &e)),
+        }
+    }
+    Err(seen)
+}
+
+/// A disk as a timeout message shows it: its GPT and the kernel's view.
+fn describe(disk: &Disk, entries: &[gpt::Partition]) -> String {
+    let names: Vec<&str> = disk.partitions.iter().map(|(_, n)| n.as_str()).collect();
+    format!(
+        "{} (GPT, {} entries; kernel partitions: {})",
+        disk.name,
+        entries.len(),
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(" ")
+        }
+    )
+}
+
+fn unreadable(disk: &Disk, e: &gpt::GptError) -> String {
+    format!(
+        "{} ({})",
+        disk.name,
+        berth_hostapi::error_chain::one_line(e)
+    )
+}
+
+/// The device node of GPT entry `entry` of `disk`, once the kernel has
+/// made it a partition.
+fn node_of(paths: &BlockPaths, disk: &Disk, entry: &gpt::Partition) -> Option<Found> {
+    let (_, part) = disk.partitions.iter().find(|(n, _)| *n == entry.number)?;
+    Some(Found {
+        disk: disk.name.clone(),
+        device: paths.dev.join(part),
+    })
+}
+
+/// One look for the root partition as the Discoverable Partitions
+/// Specification finds it: on the disk holding the partition with unique
+/// GUID `esp` (the ESP the boot loader was started from), the first
+/// x86-64 root partition without the no-auto attribute. systemd's
+/// gpt-auto takes the highest name by version order when there are
+/// several; a Berth disk has one, so the first is taken. On a miss,
+/// returns one line per disk saying what was seen.
+pub fn discover_root(paths: &BlockPaths, esp: &str) -> Result<Found, Vec<String>> {
+    let esp = esp.to_ascii_lowercase();
+    let mut seen = Vec::new();
+    for disk in list_disks(paths) {
+        let entries = match disk_partitions(paths, &disk.name) {
+            Ok(entries) => entries,
+            Err(e) => {
+                seen.push(unreadable(&disk, &e));
+                continue;
+            }
+        };
+        let line = describe(&disk, &entries);
+        if !entries.iter().any(|e| e.unique_guid == esp) {
+            seen.push(line);
+            continue;
+        }
+        let root = entries
+            .iter()
+            .find(|e| e.type_guid == gpt::ROOT_X86_64_TYPE && e.attributes & gpt::NO_AUTO == 0);
+        match root {
+            Some(entry) => match node_of(paths, &disk, entry) {
+                Some(found) => return Ok(found),
+                None => seen.push(format!(
+                    "{line}: holds the ESP; its root partition {} has no device node yet",
+                    entry.number
+                )),
+            },
+            None => seen.push(format!(
+                "{line}: holds the ESP but no x86-64 root partition (type {}) without no-auto",
+                gpt::ROOT_X86_64_TYPE
             )),
         }
     }
@@ -182,6 +248,13 @@ pub struct RootTimeout {
 pub fn find_root(paths: &BlockPaths, spec: &RootSpec) -> Result<Found, Vec<String>> {
     match spec {
         RootSpec::PartUuid(uuid) => find_partuuid(paths, uuid),
+        RootSpec::GptAuto => match crate::efivars::loader_device_part_uuid(&paths.efivars) {
+            Some(esp) => discover_root(paths, &esp),
+            None => Err(vec![format!(
+                "no LoaderDevicePartUUID in {}",
+                paths.efivars.display()
+            )]),
+        },
         RootSpec::Path(path) => {
             if Path::new(path).exists() {
                 let disk = Path::new(path)
@@ -199,6 +272,19 @@ pub fn find_root(paths: &BlockPaths, spec: &RootSpec) -> Result<Found, Vec<Strin
     }
 }
 
+/// What `spec` looks for, in words, e.g. `PARTUUID=…`.
+pub fn describe_spec(paths: &BlockPaths, spec: &RootSpec) -> String {
+    match spec {
+        RootSpec::PartUuid(u) => format!("PARTUUID={u}"),
+        RootSpec::Path(p) => p.clone(),
+        RootSpec::GptAuto => format!(
+            "the x86-64 root partition on the disk of the ESP the boot loader booted from (PARTUUID={})",
+            crate::efivars::loader_device_part_uuid(&paths.efivars)
+                .unwrap_or_else(|| "unknown".into())
+        ),
+    }
+}
+
 /// Polls for the root partition until `timeout`.
 pub fn wait_for_root(
     paths: &BlockPaths,
@@ -211,10 +297,7 @@ pub fn wait_for_root(
             Ok(found) => return Ok(found),
             Err(seen) if Instant::now() >= deadline => {
                 return Err(RootTimeout {
-                    what: match spec {
-                        RootSpec::PartUuid(u) => format!("PARTUUID={u}"),
-                        RootSpec::Path(p) => p.clone(),
-                    },
+                    what: describe_spec(paths, spec),
                     secs: timeout.as_secs(),
                     seen: if seen.is_empty() {
                         "none".into()
@@ -239,42 +322,79 @@ pub fn parent_disk(paths: &BlockPaths, partition: &str) -> Option<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::gpt::tests::make_disk;
     use std::fs;
 
     /// A fake /sys/class/block + /dev with disk vda (esp vda1, root vda2)
-    /// and an empty disk vdb.
+    /// and an empty disk vdb; its efivarfs (for [`fake_efivar`]) is
+    /// `sys/firmware/efi/efivars`.
     pub(crate) fn fake_machine(tmp: &Path) -> std::io::Result<BlockPaths> {
-        let devices = tmp.join("sys/devices/virtio0/block");
         let class = tmp.join("sys/class/block");
         fs::create_dir_all(&class)?;
         fs::create_dir_all(tmp.join("dev"))?;
-        for disk in ["vda", "vdb"] {
-            fs::create_dir_all(devices.join(disk))?;
-            std::os::unix::fs::symlink(devices.join(disk), class.join(disk))?;
-        }
-        for (n, part) in [(1, "vda1"), (2, "vda2")] {
-            let dir = devices.join("vda").join(part);
-            fs::create_dir_all(&dir)?;
-            fs::write(dir.join("partition"), format!("{n}\n"))?;
-            std::os::unix::fs::symlink(&dir, class.join(part))?;
-        }
-        fs::write(
-            tmp.join("dev/vda"),
-            make_disk(&[
-                (gpt::ESP_TYPE, "11111111-2222-3333-4444-555555555555", "esp"),
-                (
-                    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
-                    "6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab",
-                    "root",
-                ),
-            ]),
-        )?;
-        fs::write(tmp.join("dev/vdb"), vec![0u8; 4096])?;
-        Ok(BlockPaths {
+        let paths = BlockPaths {
             sys_class_block: class,
             dev: tmp.join("dev"),
-        })
+            efivars: tmp.join("sys/firmware/efi/efivars"),
+        };
+        fake_disk(
+            tmp,
+            &paths,
+            "vda",
+            &[
+                (gpt::ESP_TYPE, "11111111-2222-3333-4444-555555555555", 0),
+                (
+                    gpt::ROOT_X86_64_TYPE,
+                    "6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab",
+                    0,
+                ),
+            ],
+        )?;
+        fake_disk(tmp, &paths, "vdb", &[])?;
+        fs::write(tmp.join("dev/vdb"), vec![0u8; 4096])?;
+        Ok(paths)
+    }
+
+    /// Adds (or replaces) disk `name` with GPT entries `parts` (type,
+    /// unique GUID, attributes), each a kernel partition `<name><n>`.
+    pub(crate) fn fake_disk(
+        tmp: &Path,
+        paths: &BlockPaths,
+        name: &str,
+        parts: &[(&str, &str, u64)],
+    ) -> std::io::Result<()> {
+        let disk = tmp.join("sys/devices/virtio0/block").join(name);
+        fs::create_dir_all(&disk)?;
+        let link = paths.sys_class_block.join(name);
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(&disk, &link)?;
+        }
+        for n in 1..=parts.len() {
+            let part = format!("{name}{n}");
+            let dir = disk.join(&part);
+            fs::create_dir_all(&dir)?;
+            fs::write(dir.join("partition"), format!("{n}\n"))?;
+            let link = paths.sys_class_block.join(&part);
+            if fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(&dir, &link)?;
+            }
+        }
+        let entries: Vec<_> = parts
+            .iter()
+            .map(|&(ty, uuid, attributes)| (ty, uuid, "", attributes))
+            .collect();
+        fs::write(
+            paths.dev.join(name),
+            crate::gpt::tests::make_disk_with_attributes(&entries),
+        )
+    }
+
+    /// Sets `LoaderDevicePartUUID` as systemd-boot does (upper case).
+    pub(crate) fn fake_efivar(paths: &BlockPaths, esp: &str) -> std::io::Result<()> {
+        crate::efivars::tests::write_efivar(
+            &paths.efivars,
+            "LoaderDevicePartUUID",
+            &esp.to_ascii_uppercase(),
+        )
     }
 
     #[test]
@@ -319,6 +439,103 @@ pub(crate) mod tests {
             "{err}"
         );
         assert!(err.contains("vdb (no GPT header)"), "{err}");
+        Ok(())
+    }
+
+    /// vdb: an ESP, a root marked no-auto, then the real root.
+    const VDB_ESP: &str = "22222222-0000-4000-8000-00000000000e";
+
+    fn second_disk(tmp: &Path, paths: &BlockPaths) -> std::io::Result<()> {
+        fake_disk(
+            tmp,
+            paths,
+            "vdb",
+            &[
+                (gpt::ESP_TYPE, VDB_ESP, 0),
+                (
+                    gpt::ROOT_X86_64_TYPE,
+                    "22222222-0000-4000-8000-000000000001",
+                    gpt::NO_AUTO,
+                ),
+                (
+                    gpt::ROOT_X86_64_TYPE,
+                    "22222222-0000-4000-8000-000000000002",
+                    0,
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn gpt_auto_takes_the_root_on_the_disk_of_the_loaders_esp() -> std::io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let paths = fake_machine(tmp.path())?;
+        second_disk(tmp.path(), &paths)?;
+        // vda has a root partition too: the ESP decides the disk.
+        fake_efivar(&paths, VDB_ESP)?;
+        let found = find_root(&paths, &RootSpec::GptAuto)
+            .map_err(|seen| std::io::Error::other(seen.join(", ")))?;
+        assert_eq!(found.disk, "vdb");
+        // vdb2 is no-auto.
+        assert_eq!(found.device, tmp.path().join("dev/vdb3"));
+        fake_efivar(&paths, "11111111-2222-3333-4444-555555555555")?;
+        let found = find_root(&paths, &RootSpec::GptAuto)
+            .map_err(|seen| std::io::Error::other(seen.join(", ")))?;
+        assert_eq!(found.device, tmp.path().join("dev/vda2"));
+        Ok(())
+    }
+
+    #[test]
+    fn gpt_auto_misses_say_why() -> std::io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let paths = fake_machine(tmp.path())?;
+        let miss = |spec: &RootSpec| {
+            wait_for_root(&paths, spec, Duration::from_millis(100))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let err = miss(&RootSpec::GptAuto);
+        assert!(err.contains("no LoaderDevicePartUUID in"), "{err}");
+
+        // A partition on no disk (yet).
+        fake_efivar(&paths, "00000000-0000-4000-8000-0000000000ff")?;
+        let err = miss(&RootSpec::GptAuto);
+        assert!(
+            err.contains(
+                "waiting 0s for root the x86-64 root partition on the disk of the ESP the boot \
+                 loader booted from (PARTUUID=00000000-0000-4000-8000-0000000000ff): not found"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("vda (GPT, 2 entries; kernel partitions: vda1 vda2), vdb (no GPT header)"),
+            "{err}"
+        );
+
+        // The ESP's disk has only a no-auto root.
+        fake_disk(
+            tmp.path(),
+            &paths,
+            "vdb",
+            &[
+                (gpt::ESP_TYPE, VDB_ESP, 0),
+                (
+                    gpt::ROOT_X86_64_TYPE,
+                    "22222222-0000-4000-8000-000000000001",
+                    gpt::NO_AUTO,
+                ),
+            ],
+        )?;
+        fake_efivar(&paths, VDB_ESP)?;
+        let err = miss(&RootSpec::GptAuto);
+        assert!(
+            err.contains(
+                "vdb (GPT, 2 entries; kernel partitions: vdb1 vdb2): holds the ESP but no x86-64 \
+                 root partition (type 4f68bce3-e8cd-4db1-96e7-fbcaf984b709) without no-auto"
+            ),
+            "{err}"
+        );
         Ok(())
     }
 }

@@ -3,9 +3,11 @@
 //! | key | meaning |
 //! |---|---|
 //! | `root=PARTUUID=<uuid>` | the root partition, by GPT partition GUID (`root=/dev/…` also works) |
+//! | no `root=`, or `root=gpt-auto` | the x86-64 root partition on the disk of the ESP the boot loader booted from (`LoaderDevicePartUUID`), as systemd's gpt-auto finds it |
 //! | `rootfstype=` | its file-system type (default `ext4`) |
 //! | `rootflags=` | its mount options |
 //! | `ostree=/ostree/deploy/<os>/deploy/<csum>.<serial>` | the deployment (a symlink is resolved) |
+//! | `berth.tree=<32 hex>` | without `ostree=`: the deployment whose tree carries this id in `/usr/lib/berth/tree-id` (a signed UKI's command line cannot name a deployment) |
 //! | `berth.root_timeout=SECS` | how long to wait for the root partition (default 30) |
 //! | `berth.debug` | emergency shell on failure; also `berth.debug=1` |
 //! | `berth.fault=pid1-hang` | testing aid: PID 1 stops, see [`Fault`] |
@@ -21,7 +23,15 @@ pub enum RootSpec {
     PartUuid(String),
     /// `root=/dev/…`: a device node.
     Path(String),
+    /// `root=gpt-auto`, or no `root=`: found by the Discoverable Partitions
+    /// Specification ([`crate::blockdev::discover_root`]).
+    GptAuto,
 }
+
+/// The key of the tree id argument, `berth.tree=<id>`. The other side is
+/// `TREE_KARG` in sysroot/src/contract.rs (this crate does not depend on
+/// the sysroot crate, nor does that one on berth-hostapi).
+pub const TREE_KEY: &str = "berth.tree";
 
 /// A fault to inject, for tests that need a PID 1 gone wrong: inert
 /// unless `berth.fault=` names it on the kernel command line.
@@ -47,7 +57,9 @@ impl Fault {
 /// What berth-init takes from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmdline {
-    /// The root partition.
+    /// The root partition: [`RootSpec::GptAuto`] when there is no
+    /// `root=`, None when `root=` names something berth-init cannot find
+    /// (e.g. `LABEL=`).
     pub root: Option<RootSpec>,
     /// Root file-system type.
     pub rootfstype: String,
@@ -55,6 +67,9 @@ pub struct Cmdline {
     pub rootflags: String,
     /// The deployment path, relative to the physical root.
     pub ostree: Option<String>,
+    /// `berth.tree=`: the deployment by its tree's id, as given (checked
+    /// by stage 1); `ostree=` wins over it.
+    pub tree: Option<String>,
     /// How long stage 1 waits for the root partition.
     pub root_timeout: Duration,
     /// `berth.debug`: emergency shell instead of a reboot on failure.
@@ -69,10 +84,11 @@ pub const DEFAULT_ROOT_TIMEOUT: Duration = Duration::from_secs(30);
 impl Default for Cmdline {
     fn default() -> Self {
         Cmdline {
-            root: None,
+            root: Some(RootSpec::GptAuto),
             rootfstype: "ext4".into(),
             rootflags: String::new(),
             ostree: None,
+            tree: None,
             root_timeout: DEFAULT_ROOT_TIMEOUT,
             debug: false,
             fault: None,
@@ -131,6 +147,8 @@ impl Cmdline {
                         .or_else(|| v.strip_prefix("partuuid="))
                     {
                         Some(RootSpec::PartUuid(uuid.to_ascii_lowercase()))
+                    } else if v == "gpt-auto" {
+                        Some(RootSpec::GptAuto)
                     } else if v.starts_with('/') {
                         Some(RootSpec::Path(v.to_string()))
                     } else {
@@ -140,6 +158,7 @@ impl Cmdline {
                 ("rootfstype", Some(v)) if !v.is_empty() => out.rootfstype = v.to_string(),
                 ("rootflags", Some(v)) => out.rootflags = v.to_string(),
                 ("ostree", Some(v)) if !v.is_empty() => out.ostree = Some(v.to_string()),
+                (TREE_KEY, Some(v)) => out.tree = Some(v.to_string()),
                 ("berth.root_timeout", Some(v)) => {
                     if let Ok(secs) = v.parse::<u64>() {
                         out.root_timeout = Duration::from_secs(secs);
@@ -183,6 +202,21 @@ mod tests {
         assert!(c.debug);
         assert_eq!(c.rootfstype, "ext4");
         assert_eq!(c.fault, None);
+        assert_eq!(c.tree, None);
+    }
+
+    #[test]
+    fn no_root_means_gpt_auto() {
+        let c = Cmdline::parse("console=ttyS0 berth.tree=0123456789abcdef0123456789abcdef rw");
+        assert_eq!(c.root, Some(RootSpec::GptAuto));
+        assert_eq!(c.tree.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(c.ostree, None);
+        assert_eq!(
+            Cmdline::parse("root=PARTUUID=ab root=gpt-auto").root,
+            Some(RootSpec::GptAuto)
+        );
+        // Checked by stage 1, not here.
+        assert_eq!(Cmdline::parse("berth.tree=x").tree.as_deref(), Some("x"));
     }
 
     #[test]

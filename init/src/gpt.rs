@@ -11,6 +11,12 @@ use std::io::{Read, Seek, SeekFrom};
 
 /// The EFI System Partition type GUID.
 pub const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+/// The x86-64 root partition type GUID of the Discoverable Partitions
+/// Specification.
+pub const ROOT_X86_64_TYPE: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
+/// Attribute bit 63, "no-auto": the Discoverable Partitions Specification
+/// says not to pick such a partition by its type.
+pub const NO_AUTO: u64 = 1 << 63;
 
 /// One used partition entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +31,8 @@ pub struct Partition {
     pub first_lba: u64,
     /// Last LBA (inclusive).
     pub last_lba: u64,
+    /// The attribute bits (e.g. [`NO_AUTO`]).
+    pub attributes: u64,
     /// The partition name.
     pub name: String,
 }
@@ -153,6 +161,7 @@ pub fn read_partitions<D: Read + Seek>(
             unique_guid: guid_to_string(entry.get(16..32).unwrap_or_default()),
             first_lba: u64_at(entry, 32),
             last_lba: u64_at(entry, 40),
+            attributes: u64_at(entry, 48),
             name: String::from_utf16_lossy(&name_units),
         });
     }
@@ -306,10 +315,17 @@ pub(crate) mod tests {
 
     /// A 1 MiB disk image with a GPT holding `parts` (type, unique, name).
     pub(crate) fn make_disk(parts: &[(&str, &str, &str)]) -> Vec<u8> {
+        let with_attributes: Vec<_> = parts.iter().map(|&(t, u, n)| (t, u, n, 0)).collect();
+        make_disk_with_attributes(&with_attributes)
+    }
+
+    /// [`make_disk`] with each entry's attribute bits.
+    pub(crate) fn make_disk_with_attributes(parts: &[(&str, &str, &str, u64)]) -> Vec<u8> {
         let mut disk = vec![0u8; 1 << 20];
         let mut entries = vec![0u8; 128 * 128];
-        for (i, (ty, uniq, name)) in parts.iter().enumerate() {
+        for (i, (ty, uniq, name, attributes)) in parts.iter().enumerate() {
             let e = &mut entries[i * 128..(i + 1) * 128];
+            e[48..56].copy_from_slice(&attributes.to_le_bytes());
             e[0..16].copy_from_slice(&guid_bytes(ty));
             e[16..32].copy_from_slice(&guid_bytes(uniq));
             e[32..40].copy_from_slice(&(2048u64 + i as u64 * 100).to_le_bytes());
@@ -336,12 +352,13 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_entries_and_guids() -> Result<(), GptError> {
-        let disk = make_disk(&[
-            (ESP_TYPE, "11111111-2222-3333-4444-555555555555", "esp"),
+        let disk = make_disk_with_attributes(&[
+            (ESP_TYPE, "11111111-2222-3333-4444-555555555555", "esp", 0),
             (
-                "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+                ROOT_X86_64_TYPE,
                 "6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab",
                 "root",
+                NO_AUTO | 1,
             ),
         ]);
         let parts = read_partitions(&mut Cursor::new(disk), 512)?;
@@ -354,10 +371,12 @@ pub(crate) mod tests {
                 unique_guid: "6c1c0b3e-aaaa-4bbb-8ccc-0123456789ab".into(),
                 first_lba: 2148,
                 last_lba: 2247,
+                attributes: NO_AUTO | 1,
                 name: "root".into(),
             })
         );
         assert_eq!(parts.first().map(|p| p.type_guid.as_str()), Some(ESP_TYPE));
+        assert_eq!(parts.first().map(|p| p.attributes), Some(0));
         Ok(())
     }
 

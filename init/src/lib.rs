@@ -2,8 +2,10 @@
 //!
 //! - Stage 1 (in the initramfs, where /etc/initrd-release exists): mount
 //!   the API file systems, load the initramfs's modules, find the root
-//!   partition by PARTUUID, mount it, set up the OSTree deployment as
-//!   ostree-prepare-root does, switch root and exec stage 2.
+//!   partition (by PARTUUID, or on the disk of the ESP the boot loader
+//!   booted from), mount it, set up the OSTree deployment (named by
+//!   `ostree=` or by its tree id) as ostree-prepare-root does, switch root
+//!   and exec stage 2.
 //! - Stage 2 (PID 1 in the deployment): the remaining mounts, modules,
 //!   network, then the supervisor, which runs the host's services, reaps
 //!   every process, prints the ready line, blesses a boot on trial and shuts
@@ -19,8 +21,8 @@
 //! services, under stage 2 or `berth-init supervise`) and `sys/` (the
 //! system layer under all of them). The modules at the top are shared by
 //! both stages: the console, the kernel command line, mounts, block
-//! devices and GPT, kernel modules, the watchdog, shutdown and boot
-//! failure. Only what the binary calls is public: [`pid1_main`], [`cli`],
+//! devices and GPT, EFI variables, kernel modules, the watchdog, shutdown
+//! and boot failure. Only what the binary calls is public: [`pid1_main`], [`cli`],
 //! [`supervise`] and [`failure::install_panic_hook`].
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -35,6 +37,7 @@ mod sys;
 mod blockdev;
 mod cmdline;
 mod console;
+mod efivars;
 pub mod failure;
 mod gpt;
 mod modules;

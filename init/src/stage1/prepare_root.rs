@@ -16,9 +16,9 @@ use crate::sys::{MountFlags, Sys};
 /// Why the deployment could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    /// No `ostree=` on the command line.
+    /// No `ostree=` (nor `berth.tree=`) on the command line.
     #[error(
-        "no ostree= on the kernel command line (expected ostree=/ostree/deploy/<os>/deploy/<checksum>.<serial>)"
+        "no ostree= on the kernel command line (expected ostree=/ostree/deploy/<os>/deploy/<checksum>.<serial>, or berth.tree=<tree id>)"
     )]
     NoTarget,
     /// The deployment named by `ostree=` is not there.

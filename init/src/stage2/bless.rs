@@ -5,31 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// systemd-boot's vendor GUID for its variables.
-pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
-/// Where efivarfs is mounted.
-pub const EFIVARS_DIR: &str = "/sys/firmware/efi/efivars";
-
-/// Reads an EFI variable's data (without efivarfs' 4-byte attributes).
-pub fn read_efivar(efivars: &Path, name: &str, guid: &str) -> Option<Vec<u8>> {
-    let bytes = std::fs::read(efivars.join(format!("{name}-{guid}"))).ok()?;
-    bytes.get(4..).map(<[u8]>::to_vec)
-}
-
-/// Decodes a NUL-terminated UTF-16LE string.
-pub fn utf16le(bytes: &[u8]) -> String {
-    let units: Vec<u16> = bytes
-        .chunks_exact(2)
-        .map(|c| {
-            u16::from_le_bytes([
-                c.first().copied().unwrap_or(0),
-                c.get(1).copied().unwrap_or(0),
-            ])
-        })
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16_lossy(&units)
-}
+use crate::efivars::{LOADER_GUID, read_efivar, utf16le};
 
 /// The boot entry the loader counted this boot, ESP-relative with `/`
 /// separators, e.g. `loader/entries/berth-2+2-1.conf`.
@@ -143,14 +119,7 @@ mod tests {
     use std::fs;
 
     fn efivar(dir: &Path, value: &str) -> std::io::Result<()> {
-        let mut bytes = vec![7u8, 0, 0, 0];
-        for u in value.encode_utf16().chain([0]) {
-            bytes.extend_from_slice(&u.to_le_bytes());
-        }
-        fs::write(
-            dir.join(format!("LoaderBootCountPath-{LOADER_GUID}")),
-            bytes,
-        )
+        crate::efivars::tests::write_efivar(dir, "LoaderBootCountPath", value)
     }
 
     #[test]

@@ -282,7 +282,9 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
     }
 }
 
-/// The root partition the kernel command line names, and its disk.
+/// The root partition the kernel command line names, and its disk. For
+/// `root=gpt-auto` (no `root=`) it reads `LoaderDevicePartUUID` from the
+/// efivarfs stage 1 mounted to find the same root (it came over with /sys).
 fn root_partition(paths: &BlockPaths, cmdline: &Cmdline) -> Option<blockdev::Found> {
     blockdev::find_root(paths, cmdline.root.as_ref()?).ok()
 }
@@ -444,7 +446,7 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     }
     let dhcp = unless_configured(&config, network::configure(&config.network));
 
-    let trial = bless::trial(Path::new(bless::EFIVARS_DIR));
+    let trial = bless::trial(Path::new(crate::efivars::EFIVARS_DIR));
     let ready_deadline = trial.as_ref().map(|t| {
         let ms = match config.ready_deadline_ms {
             0 => DEFAULT_READY_DEADLINE,
