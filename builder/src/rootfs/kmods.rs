@@ -62,6 +62,9 @@ pub const INITRAMFS_MODULES: &[&str] = &[
     "nvme",
     "ext4",
     "crc32c_generic",
+    // Stage 1 reads LoaderDevicePartUUID to find the root when the
+    // command line names none (a Secure Boot image's signed one).
+    "efivarfs",
 ];
 
 /// The parsed `modules.dep` of one kernel.
