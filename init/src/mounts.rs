@@ -94,6 +94,16 @@ pub const STAGE2_MOUNTS: &[MountSpec] = &[
     },
 ];
 
+/// securityfs, mounted in stage 2 (best effort, as systemd does): it
+/// shows the kernel's lockdown level (`berthctl status`).
+pub const SECURITYFS: MountSpec = MountSpec {
+    source: "securityfs",
+    target: "/sys/kernel/security",
+    fstype: "securityfs",
+    flags: MountFlags::SECURE,
+    data: "",
+};
+
 /// efivarfs, mounted in stage 2 when the machine booted through UEFI.
 pub const EFIVARFS: MountSpec = MountSpec {
     source: "efivarfs",

@@ -411,6 +411,9 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     crate::say!("stage 2");
     let config = HostConfig::load(Path::new(HOST_CONFIG_PATH))?;
     api_mounts(sys, Path::new("/"))?;
+    if let Err(e) = mounts::mount_one(sys, Path::new("/"), &mounts::SECURITYFS) {
+        crate::say!("{}", berth_hostapi::error_chain::one_line(&e));
+    }
     dev_links();
 
     set_hostname(sys, &config);
