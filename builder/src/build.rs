@@ -119,14 +119,16 @@ pub fn build_timestamp() -> anyhow::Result<u64> {
 
 /// Runs every stage; the caller prints.
 pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildOutput> {
-    progress.stage("resolve", "reading the manifest");
+    // The manifest is read before the first stage line, so that a Secure
+    // Boot build counts its extra stage from the start ("[1/9]").
     let m = Manifest::load(&opts.manifest)?;
+    if m.secure_boot.is_some() {
+        progress.add_uki_stage();
+    }
+    progress.stage("resolve", "reading the manifest");
     let timestamp = build_timestamp()?;
     // [secure-boot]'s key files are inputs: checked before any work.
     let secure_boot = uki::prepare(&m)?;
-    if secure_boot.is_some() {
-        progress.add_uki_stage();
-    }
     let bins = binaries::find()?;
     let req = PackageRequest::from_manifest(&m);
     let cache = Cache::new(opts.cache_dir.clone().unwrap_or_else(Cache::default_root));
