@@ -291,27 +291,28 @@ pub fn grow_last_partition(
     }))
 }
 
+/// Encodes a text GUID in GPT's mixed-endian layout (the first three
+/// fields little-endian), as GPT entries and UEFI device paths hold it.
+pub fn guid_bytes(text: &str) -> [u8; 16] {
+    let hex: Vec<u8> = text
+        .bytes()
+        .filter(|c| *c != b'-')
+        .collect::<Vec<u8>>()
+        .chunks(2)
+        .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap_or("00"), 16).unwrap_or(0))
+        .collect();
+    let mut out = [0u8; 16];
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    for (dst, src) in out.iter_mut().zip(order) {
+        *dst = hex.get(src).copied().unwrap_or(0);
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
-
-    /// Encodes a text GUID in GPT's mixed-endian layout.
-    pub(crate) fn guid_bytes(text: &str) -> [u8; 16] {
-        let hex: Vec<u8> = text
-            .bytes()
-            .filter(|c| *c != b'-')
-            .collect::<Vec<u8>>()
-            .chunks(2)
-            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap_or("00"), 16).unwrap_or(0))
-            .collect();
-        let mut out = [0u8; 16];
-        let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
-        for (dst, src) in out.iter_mut().zip(order) {
-            *dst = hex.get(src).copied().unwrap_or(0);
-        }
-        out
-    }
 
     /// A 1 MiB disk image with a GPT holding `parts` (type, unique, name).
     pub(crate) fn make_disk(parts: &[(&str, &str, &str)]) -> Vec<u8> {

@@ -14,6 +14,7 @@
 //! the supervisor has its own directory.
 
 mod bless;
+mod boot_options;
 mod coldplug;
 mod fault;
 mod growroot;
@@ -282,6 +283,31 @@ fn load_modules(sys: &dyn Sys, config: &HostConfig) {
     }
 }
 
+/// On a Secure Boot host, keeps the firmware's extra boot options for
+/// systemd-boot on the ESP of `disk` ([`boot_options`]). Best effort: a
+/// host without them boots the same, it only waits in the firmware after
+/// two refused images instead of going on.
+fn retry_boot_options(paths: &BlockPaths, disk: &str) {
+    let efivars = Path::new(crate::efivars::EFIVARS_DIR);
+    if !boot_options::secure_boot(efivars) {
+        return;
+    }
+    let Some(esp) = blockdev::disk_partitions(paths, disk)
+        .ok()
+        .and_then(|p| p.into_iter().find(|e| e.type_guid == crate::gpt::ESP_TYPE))
+    else {
+        return;
+    };
+    match boot_options::ensure(efivars, &esp) {
+        Ok(wrote) if !wrote.is_empty() => crate::say!(
+            "secure boot: wrote the firmware's retry options for systemd-boot ({})",
+            wrote.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => crate::say!("secure boot: writing the firmware's boot options: {e}"),
+    }
+}
+
 /// The root partition the kernel command line names, and its disk. For
 /// `root=gpt-auto` (no `root=`) it reads `LoaderDevicePartUUID` from the
 /// efivarfs stage 1 mounted to find the same root (it came over with /sys).
@@ -426,6 +452,9 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
         .and_then(|r| blockdev::find_esp_on(&paths, &r.disk));
     for e in firmware_mounts(sys, Path::new("/sys/firmware/efi").exists(), esp.as_deref()) {
         crate::say!("{e}");
+    }
+    if let Some(root) = root.as_ref() {
+        retry_boot_options(&paths, &root.disk);
     }
     for e in sysctl::apply(Path::new("/proc/sys"), &config.sysctls) {
         crate::say!("{e}");
