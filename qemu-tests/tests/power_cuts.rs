@@ -18,7 +18,7 @@
 //! a usable entry once boot-check has run), and a repeated
 //! `berthctl upgrade --reboot` reaches v2, which is blessed.
 //!
-//! `BERTH_POWER_CUTS=N` sets the number of random cuts (default 4) and
+//! `BERTH_POWER_CUTS=N` sets the number of random cuts (default 2) and
 //! `BERTH_POWER_CUT_SEED` replays a run; the seed is printed either way.
 //! `BERTH_FAULT_POINTS=3,7` cuts at those fault points only (the first
 //! test prints the list).
@@ -326,7 +326,7 @@ fn power_cuts_at_random_moments_of_an_upgrade_leave_a_host_that_upgrades() {
     let n: usize = std::env::var("BERTH_POWER_CUTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(2);
     let seed: u64 = std::env::var("BERTH_POWER_CUT_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
