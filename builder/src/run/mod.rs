@@ -118,9 +118,15 @@ pub struct Firmware {
 impl Firmware {
     /// The 4 MiB OVMF build in `dir`, if both files are there.
     pub fn in_dir(dir: &Path) -> Result<Firmware, RunError> {
+        Firmware::pair(dir, "OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+    }
+
+    /// Code file `code` and variable template `vars` in `dir`, if both
+    /// are there.
+    fn pair(dir: &Path, code: &str, vars: &str) -> Result<Firmware, RunError> {
         let fw = Firmware {
-            code: dir.join("OVMF_CODE_4M.fd"),
-            vars_template: dir.join("OVMF_VARS_4M.fd"),
+            code: dir.join(code),
+            vars_template: dir.join(vars),
         };
         for path in [&fw.code, &fw.vars_template] {
             if !path.is_file() {
@@ -140,16 +146,7 @@ impl Firmware {
     /// whose owner cleared the keys, so systemd-boot can enroll the
     /// image's keys at the first boot. Needs [`QemuConfig::secure_boot`].
     pub fn secure_boot_in_dir(dir: &Path) -> Result<Firmware, RunError> {
-        let fw = Firmware {
-            code: dir.join("OVMF_CODE_4M.secboot.fd"),
-            vars_template: dir.join("OVMF_VARS_4M.fd"),
-        };
-        for path in [&fw.code, &fw.vars_template] {
-            if !path.is_file() {
-                return Err(RunError::MissingFirmware { path: path.clone() });
-            }
-        }
-        Ok(fw)
+        Firmware::pair(dir, "OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.fd")
     }
 
     /// [`Firmware::secure_boot_in_dir`] in `$BERTH_OVMF_DIR`, else in
@@ -355,4 +352,28 @@ pub fn run(opts: &RunOpts) -> anyhow::Result<ExitCode> {
         let _ = reader.join();
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secure_boot_firmware_is_the_secboot_code_with_the_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"] {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        let plain = Firmware::in_dir(dir.path()).unwrap();
+        assert_eq!(plain.code, dir.path().join("OVMF_CODE_4M.fd"));
+        let missing = Firmware::secure_boot_in_dir(dir.path()).unwrap_err();
+        assert!(
+            missing.to_string().contains("OVMF_CODE_4M.secboot.fd"),
+            "{missing}"
+        );
+        std::fs::write(dir.path().join("OVMF_CODE_4M.secboot.fd"), "sb").unwrap();
+        let sb = Firmware::secure_boot_in_dir(dir.path()).unwrap();
+        assert_eq!(sb.code, dir.path().join("OVMF_CODE_4M.secboot.fd"));
+        assert_eq!(sb.vars_template, plain.vars_template);
+    }
 }
