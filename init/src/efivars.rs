@@ -19,18 +19,21 @@ pub fn read_efivar(efivars: &Path, name: &str, guid: &str) -> Option<Vec<u8>> {
     bytes.get(4..).map(<[u8]>::to_vec)
 }
 
+/// Reads `bytes` as little-endian 16-bit values, UEFI's encoding of
+/// strings and of lists such as `BootOrder` (a trailing odd byte is
+/// ignored).
+pub fn u16s_le(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    bytes.chunks_exact(2).map(|c| {
+        u16::from_le_bytes([
+            c.first().copied().unwrap_or(0),
+            c.get(1).copied().unwrap_or(0),
+        ])
+    })
+}
+
 /// Decodes a NUL-terminated UTF-16LE string.
 pub fn utf16le(bytes: &[u8]) -> String {
-    let units: Vec<u16> = bytes
-        .chunks_exact(2)
-        .map(|c| {
-            u16::from_le_bytes([
-                c.first().copied().unwrap_or(0),
-                c.get(1).copied().unwrap_or(0),
-            ])
-        })
-        .take_while(|&u| u != 0)
-        .collect();
+    let units: Vec<u16> = u16s_le(bytes).take_while(|&u| u != 0).collect();
     String::from_utf16_lossy(&units)
 }
 

@@ -143,18 +143,6 @@ pub fn read_partitions<D: Read + Seek>(
         if type_bytes.iter().all(|&b| b == 0) {
             continue;
         }
-        let name_units: Vec<u16> = entry
-            .get(56..128)
-            .unwrap_or_default()
-            .chunks_exact(2)
-            .map(|c| {
-                u16::from_le_bytes([
-                    c.first().copied().unwrap_or(0),
-                    c.get(1).copied().unwrap_or(0),
-                ])
-            })
-            .take_while(|&u| u != 0)
-            .collect();
         out.push(Partition {
             number: i as u32 + 1,
             type_guid: guid_to_string(type_bytes),
@@ -162,7 +150,7 @@ pub fn read_partitions<D: Read + Seek>(
             first_lba: u64_at(entry, 32),
             last_lba: u64_at(entry, 40),
             attributes: u64_at(entry, 48),
-            name: String::from_utf16_lossy(&name_units),
+            name: crate::efivars::utf16le(entry.get(56..128).unwrap_or_default()),
         });
     }
     Ok(out)

@@ -125,16 +125,8 @@ pub fn ensure(efivars: &Path, esp: &Partition) -> std::io::Result<Vec<String>> {
             wrote.push(name);
         }
     }
-    let current: Vec<u16> = read(efivars, "BootOrder")
-        .unwrap_or_default()
-        .chunks_exact(2)
-        .map(|c| {
-            u16::from_le_bytes([
-                c.first().copied().unwrap_or(0),
-                c.get(1).copied().unwrap_or(0),
-            ])
-        })
-        .collect();
+    let current: Vec<u16> =
+        crate::efivars::u16s_le(&read(efivars, "BootOrder").unwrap_or_default()).collect();
     let order = boot_order(&current);
     if order != current {
         let bytes: Vec<u8> = order.iter().flat_map(|n| n.to_le_bytes()).collect();
