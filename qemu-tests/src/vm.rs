@@ -161,6 +161,18 @@ impl Default for VmOptions {
     }
 }
 
+/// The deployment with `role` (`booted`, `rollback`, …) in a
+/// [`Vm::status_json`] answer.
+pub fn deployment_with_role<'a>(
+    status: &'a serde_json::Value,
+    role: &str,
+) -> Option<&'a serde_json::Value> {
+    status["deployments"]
+        .as_array()?
+        .iter()
+        .find(|d| d["role"] == role)
+}
+
 /// A running guest.
 pub struct Vm {
     process: KillOnDrop,

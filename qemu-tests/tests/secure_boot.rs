@@ -21,6 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_qemu_tests::command::{run, run_text};
+use berth_qemu_tests::vm::deployment_with_role as role;
 use berth_qemu_tests::{READY_TIMEOUT, UpdateServer, Vm, VmOptions, image, skip_unless_qemu};
 
 /// A pull and deploy under TCG, with the ESP write.
@@ -41,13 +42,6 @@ fn options(server: &UpdateServer) -> VmOptions {
         guest_forwards: vec![server.forward()],
         ..VmOptions::default()
     }
-}
-
-fn role<'a>(status: &'a serde_json::Value, role: &str) -> Option<&'a serde_json::Value> {
-    status["deployments"]
-        .as_array()?
-        .iter()
-        .find(|d| d["role"] == role)
 }
 
 /// The value byte of UEFI global variable `name` as the guest reads it

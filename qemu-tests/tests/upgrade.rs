@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_qemu_tests::command::{run, run_stdout};
+use berth_qemu_tests::vm::deployment_with_role as role;
 use berth_qemu_tests::{
     Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu, wait_until,
 };
@@ -28,13 +29,6 @@ fn options(server: &UpdateServer) -> VmOptions {
         guest_forwards: vec![server.forward()],
         ..VmOptions::default()
     }
-}
-
-fn role<'a>(status: &'a serde_json::Value, role: &str) -> Option<&'a serde_json::Value> {
-    status["deployments"]
-        .as_array()?
-        .iter()
-        .find(|d| d["role"] == role)
 }
 
 #[test]
