@@ -1,0 +1,10 @@
+//! Fleet coordination for Berth hosts, on etcd v3 and nothing of Berth's
+//! own: reboot slots through the FleetLock protocol (Fedora CoreOS's, so
+//! Zincati and airlock interoperate), a lock server whose only state is one
+//! etcd key per group changed by compare-and-swap, and a registry of hosts
+//! and announced services under etcd leases, so what dies drops out.
+
+pub mod etcd;
+#[cfg(feature = "fixture")]
+pub mod fixture;
+pub mod protocol;
