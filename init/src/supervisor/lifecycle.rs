@@ -65,6 +65,14 @@ impl Supervisor {
                 None => None,
             },
         };
+        if let (Some(id), Role::Main) = (&identity, role) {
+            match users::ensure_state_home(&self.opts.users_root, id) {
+                Ok(true) => crate::say!("{}: made {} for its user", u.spec.name, id.home),
+                Ok(false) => {}
+                // Not fatal here: a program that needs it fails by itself.
+                Err(e) => crate::say!("{}: cannot make {}: {e}", u.spec.name, id.home),
+            }
+        }
         let output = match (&u.tty, role) {
             (_, Role::Probe) => Output::Null,
             (Some(tty), Role::Main) => Output::Tty(tty.as_path()),

@@ -147,6 +147,52 @@ pub fn resolve(root: &Path, user: &str, group: Option<&str>) -> Result<Identity,
     resolve_texts(&passwd, &group_text, user, group)
 }
 
+/// Where service users keep their state: the builder gives each its
+/// home here (`/var/lib/<name>`).
+const STATE_PARENT: &str = "var/lib";
+
+/// Makes the home of a non-root service user, `/var/lib/<name>`, when it
+/// is missing: owned by the user, mode 0700, as systemd's
+/// `StateDirectory=` does. `/var` starts empty on a new host (libostree
+/// never checks out a commit's /var), so a program that keeps its data at
+/// home (etcd, a database) would otherwise find no writable place. Only a
+/// single component right below `/var/lib` is made, and an existing entry
+/// is left as it is (never chowned: root owns /var/lib, so nothing else
+/// can have planted it). Returns whether it made the directory. `root`
+/// is the file system root (`/` on a host; a temporary folder in tests).
+pub fn ensure_state_home(root: &Path, id: &Identity) -> std::io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    if id.credentials.uid == 0 {
+        return Ok(false);
+    }
+    let Some(name) = id.home.strip_prefix("/var/lib/") else {
+        return Ok(false);
+    };
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Ok(false);
+    }
+    let path = root.join(STATE_PARENT).join(name);
+    match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let fd = rustix::fs::open(
+        &path,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(id.credentials.uid)),
+        Some(rustix::fs::Gid::from_raw(id.credentials.gid)),
+    )?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +217,52 @@ mod tests {
         let id = resolve_texts(PASSWD, GROUP, "daemon", Some("docker"))?;
         assert_eq!((id.credentials.uid, id.credentials.gid), (1, 998));
         assert_eq!(id.credentials.groups, [998, 10]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_service_users_home_under_var_lib_is_made_once_and_only_there() -> std::io::Result<()> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join("var/lib"))?;
+        let me = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
+        let mut id = Identity {
+            credentials: Credentials {
+                uid: me.max(1),
+                gid,
+                groups: vec![gid],
+            },
+            name: Some("etcd".into()),
+            home: "/var/lib/etcd".into(),
+        };
+        if me == 0 {
+            // As root the chown works for any uid; as a user, only to itself.
+            id.credentials.uid = 1000;
+        }
+        assert!(ensure_state_home(root.path(), &id)?);
+        let meta = std::fs::metadata(root.path().join("var/lib/etcd"))?;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+        assert_eq!(meta.uid(), id.credentials.uid);
+        assert!(!ensure_state_home(root.path(), &id)?, "made twice");
+        for home in [
+            "/var/lib",
+            "/var/lib/",
+            "/var/lib/a/b",
+            "/var/lib/..",
+            "/home/x",
+            "/",
+        ] {
+            id.home = home.into();
+            assert!(!ensure_state_home(root.path(), &id)?, "{home}");
+        }
+        id.home = "/var/lib/web".into();
+        id.credentials.uid = 0;
+        assert!(
+            !ensure_state_home(root.path(), &id)?,
+            "root's home is not made"
+        );
+        assert!(!root.path().join("var/lib/web").exists());
         Ok(())
     }
 
