@@ -1,10 +1,12 @@
 //! The lock service without HTTP: a FleetLock request in, an outcome or a
 //! [`ApiError`] out, with the counters the metrics show.
 //!
-//! Requests for one group are taken one at a time inside one server (a
-//! gate per group), so a busy server does not race itself on the group's
-//! key; compare-and-swap still decides between servers. A request waits
-//! for its turn at most [`GATE_WAIT`], then is answered `conflict`.
+//! A request that needs no write (a full group, a recursive lock, an
+//! unlock of nothing) is answered from one linearizable read. The writes
+//! of one group are taken one at a time inside one server (a gate per
+//! group), so a busy server does not race itself on the group's key;
+//! compare-and-swap still decides between servers. A write waits for its
+//! turn at most [`GATE_WAIT`], then is answered `conflict`.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
@@ -245,6 +247,24 @@ impl Service {
                 format!("group {:?} is not configured on this server", params.group),
             ));
         };
+        // Answers that need no write come from a read, outside the gate:
+        // a full group's pollers do not queue behind the writers.
+        match endpoint {
+            Endpoint::PreReboot => {
+                if self
+                    .store
+                    .peek_lock(&params.group, &params.id, slots)?
+                    .is_some()
+                {
+                    return Ok(Outcome::AlreadyHeld);
+                }
+            }
+            Endpoint::SteadyState => {
+                if !self.store.holds(&params.group, &params.id)? {
+                    return Ok(Outcome::NotHeld);
+                }
+            }
+        }
         let Some(_turn) = gate.enter(GATE_WAIT) else {
             return Err(ApiError::new(
                 409,

@@ -175,6 +175,34 @@ impl Store {
         Ok(outcome.succeeded)
     }
 
+    /// What a lock by `id` would do now, from one linearizable read and
+    /// without writing: `Ok(Some(AlreadyHeld))`, `Err(Full)`, or
+    /// `Ok(None)` when a slot is free (then [`Store::lock`] takes it, if
+    /// nobody was faster).
+    pub fn peek_lock(
+        &self,
+        group: &str,
+        id: &str,
+        slots: u32,
+    ) -> Result<Option<Locked>, LockError> {
+        let (current, _) = self.read(group, slots)?;
+        match current.lock(id, slots, now()) {
+            LockDecision::AlreadyHeld => Ok(Some(Locked::AlreadyHeld)),
+            LockDecision::Full { holders, slots } => Err(LockError::Full {
+                group: group.to_string(),
+                slots,
+                holders,
+            }),
+            LockDecision::Grant(_) => Ok(None),
+        }
+    }
+
+    /// Whether `id` holds a slot of `group` now (one linearizable read).
+    pub fn holds(&self, group: &str, id: &str) -> Result<bool, LockError> {
+        let (current, _) = self.read(group, 1)?;
+        Ok(current.holds(id))
+    }
+
     /// FleetLock's RecursiveLock: a slot of `group` (configured with
     /// `slots`) for `id`, or success if it holds one already.
     pub fn lock(&self, group: &str, id: &str, slots: u32) -> Result<Locked, LockError> {
