@@ -637,3 +637,55 @@ fn configuration_errors_name_the_file_and_the_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn slots_follow_the_configuration_and_operators_can_list_and_release() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let cluster = EtcdCluster::start(&etcd, 1).unwrap();
+    let c = cluster.client();
+    let slots_in_etcd = || {
+        Semaphore::from_json(&c.get(&group_key("web")).unwrap().unwrap().value)
+            .unwrap()
+            .slots
+    };
+    let (one, addr) = server(&cluster, &[("web", 1), ("db", 1)]);
+    assert_eq!(lock(addr, "a", "web").status, 200);
+    assert_eq!(lock(addr, "x", "db").status, 200);
+    one.shutdown();
+
+    // Grown to 2 (airlock#81): the next write records it, b gets in.
+    let (two, addr) = server(&cluster, &[("web", 2), ("db", 1)]);
+    assert_eq!(lock(addr, "b", "web").status, 200);
+    assert_eq!(slots_in_etcd(), 2);
+    two.shutdown();
+
+    // Shrunk to 1 under two holders: they keep their slots, nobody new
+    // gets one until fewer than 1 hold.
+    let (shrunk, addr) = server(&cluster, &[("web", 1), ("db", 1)]);
+    assert_eq!(lock(addr, "a", "web").status, 200, "a still holds");
+    assert_eq!(lock(addr, "c", "web").kind(), "semaphore_full");
+    assert_eq!(unlock(addr, "a", "web").status, 200);
+    assert_eq!(slots_in_etcd(), 1);
+    assert_eq!(lock(addr, "c", "web").kind(), "semaphore_full");
+
+    // The operator's view and release (what `berth fleet locks` and
+    // `berth fleet unlock` call).
+    let store = lock::Store::new(cluster.client());
+    let groups = store.groups().unwrap();
+    let names: Vec<&str> = groups.iter().map(|g| g.group.as_str()).collect();
+    assert_eq!(names, ["db", "web"]);
+    assert_eq!(groups[1].slots, 1);
+    assert_eq!(groups[1].holders.len(), 1);
+    assert_eq!(groups[1].holders[0].id, "b");
+    assert!(groups[1].mod_revision > 0);
+    assert_eq!(store.release("web", "b").unwrap(), lock::Unlocked::Released);
+    assert_eq!(store.release("web", "b").unwrap(), lock::Unlocked::NotHeld);
+    assert_eq!(
+        store.release("nowhere", "b").unwrap(),
+        lock::Unlocked::NotHeld
+    );
+    assert_eq!(lock(addr, "c", "web").status, 200);
+    assert_eq!(holder_ids(&c, "web"), ["c"]);
+    check_history(&c, "web", 2);
+    shrunk.shutdown();
+}
