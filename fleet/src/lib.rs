@@ -7,4 +7,5 @@
 pub mod etcd;
 #[cfg(feature = "fixture")]
 pub mod fixture;
+pub mod lock;
 pub mod protocol;
