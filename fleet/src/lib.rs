@@ -8,3 +8,5 @@ pub mod etcd;
 #[cfg(feature = "fixture")]
 pub mod fixture;
 pub mod protocol;
+pub mod registry;
+pub mod view;
