@@ -9,3 +9,5 @@ pub mod etcd;
 pub mod fixture;
 pub mod lock;
 pub mod protocol;
+pub mod registry;
+pub mod view;
