@@ -30,11 +30,27 @@ pub struct UpdatePolicy {
     pub strategy: Strategy,
     /// Time between checks, before jitter.
     pub interval_ms: u64,
-    /// Maintenance windows (`periodic` only).
+    /// Maintenance windows (`periodic`, or `fleet-lock`: a slot is asked
+    /// for only inside one).
     pub windows: Vec<Window>,
     /// The image's rollout wariness, if set: 0 takes a staged release
     /// first (canary), 1 last. Unset: derived from the host's id.
     pub wariness: Option<f64>,
+    /// The FleetLock server and group (`fleet-lock` only). Absent from
+    /// configurations written before the strategy existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_lock: Option<FleetLockPolicy>,
+}
+
+/// Where a `fleet-lock` host asks for its reboot slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetLockPolicy {
+    /// The server's base URL, with a trailing `/` (`v1/pre-reboot` and
+    /// `v1/steady-state` are appended to it).
+    pub url: String,
+    /// The reboot group (`^[a-zA-Z0-9.-]+$`; `default` unless set).
+    pub group: String,
 }
 
 impl Default for UpdatePolicy {
@@ -44,6 +60,7 @@ impl Default for UpdatePolicy {
             interval_ms: DEFAULT_INTERVAL_MS,
             windows: Vec::new(),
             wariness: None,
+            fleet_lock: None,
         }
     }
 }
@@ -59,6 +76,10 @@ pub enum Strategy {
     Immediate,
     /// Only inside a maintenance window.
     Periodic,
+    /// Once a FleetLock server grants a reboot slot (and inside a
+    /// maintenance window, if any are set); the slot is given back once
+    /// the new version is blessed.
+    FleetLock,
 }
 
 impl Strategy {
@@ -68,6 +89,7 @@ impl Strategy {
             Strategy::Manual => "manual",
             Strategy::Immediate => "immediate",
             Strategy::Periodic => "periodic",
+            Strategy::FleetLock => "fleet-lock",
         }
     }
 }
@@ -319,6 +341,29 @@ mod tests {
             start_minute: h.parse::<u32>().unwrap() * 60 + m.parse::<u32>().unwrap(),
             length_minutes: minutes,
         }
+    }
+
+    #[test]
+    fn a_fleet_lock_policy_round_trips_and_old_policies_still_parse() {
+        let old: UpdatePolicy = serde_json::from_str(
+            r#"{"strategy":"periodic","interval_ms":60000,"windows":[],"wariness":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.fleet_lock, None);
+        // Without fleet-lock, nothing new is written either.
+        assert!(!serde_json::to_string(&old).unwrap().contains("fleet_lock"));
+        let p = UpdatePolicy {
+            strategy: Strategy::FleetLock,
+            fleet_lock: Some(FleetLockPolicy {
+                url: "http://10.0.2.2:8090/".into(),
+                group: "workers".into(),
+            }),
+            ..UpdatePolicy::default()
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""strategy":"fleet-lock""#), "{json}");
+        assert_eq!(serde_json::from_str::<UpdatePolicy>(&json).unwrap(), p);
+        assert_eq!(Strategy::FleetLock.name(), "fleet-lock");
     }
 
     #[test]

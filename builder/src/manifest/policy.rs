@@ -1,10 +1,14 @@
 //! The `[update]` policy keys (`strategy`, `interval`, `wariness`,
-//! `[[update.window]]`): when a host takes new versions by itself. They
-//! become the [`UpdatePolicy`] the update agent follows on the host.
+//! `fleet-lock-url`, `fleet-lock-group`, `[[update.window]]`): when a host
+//! takes new versions by itself. They become the [`UpdatePolicy`] the
+//! update agent follows on the host.
 
 use std::ops::Range;
 
-use berth_hostapi::update::{DEFAULT_INTERVAL_MS, Strategy, UpdatePolicy, Weekday, Window};
+use berth_fleet::protocol::{DEFAULT_GROUP, normalize_base, valid_group};
+use berth_hostapi::update::{
+    DEFAULT_INTERVAL_MS, FleetLockPolicy, Strategy, UpdatePolicy, Weekday, Window,
+};
 use toml::Spanned;
 
 use super::ManifestError;
@@ -41,15 +45,16 @@ pub(super) fn check(c: &Checker, u: &RawUpdate) -> Result<UpdatePolicy, Manifest
              [[update.window]] (days, start, length)",
         ));
     }
+    let fleet_lock = fleet_lock(c, u, strategy)?;
     let mut windows = Vec::new();
     for (i, w) in u.windows.iter().enumerate() {
-        if strategy != Strategy::Periodic {
+        if !matches!(strategy, Strategy::Periodic | Strategy::FleetLock) {
             return Err(c.err(
                 &format!("update.window[{i}]"),
                 &w.span(),
                 format!(
-                    "maintenance windows need strategy = \"periodic\" (the strategy is \"{}\"): \
-                     set it, or remove the window",
+                    "maintenance windows need strategy = \"periodic\" or \"fleet-lock\" \
+                     (the strategy is \"{}\"): set one, or remove the window",
                     strategy.name()
                 ),
             ));
@@ -61,19 +66,94 @@ pub(super) fn check(c: &Checker, u: &RawUpdate) -> Result<UpdatePolicy, Manifest
         interval_ms,
         windows,
         wariness,
+        fleet_lock,
     })
 }
 
+/// `fleet-lock-url` and `fleet-lock-group`: required (the URL) and
+/// allowed only with strategy `fleet-lock`.
+fn fleet_lock(
+    c: &Checker,
+    u: &RawUpdate,
+    strategy: Strategy,
+) -> Result<Option<FleetLockPolicy>, ManifestError> {
+    if strategy != Strategy::FleetLock {
+        let given = [
+            ("update.fleet-lock-url", &u.fleet_lock_url),
+            ("update.fleet-lock-group", &u.fleet_lock_group),
+        ];
+        if let Some((key, s)) = given
+            .into_iter()
+            .find_map(|(k, s)| s.as_ref().map(|s| (k, s)))
+        {
+            return Err(c.err(
+                key,
+                &s.span(),
+                format!(
+                    "a FleetLock server is only asked with strategy = \"fleet-lock\" (the \
+                     strategy is \"{}\"): set it, or remove the key",
+                    strategy.name()
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(url) = &u.fleet_lock_url else {
+        let span = u.strategy.as_ref().map_or(0..0, Spanned::span);
+        return Err(c.err(
+            "update.strategy",
+            &span,
+            "\"fleet-lock\" asks a FleetLock server for a reboot slot: add fleet-lock-url \
+             (e.g. \"http://fleet.example:8090/\")",
+        ));
+    };
+    let text = url.get_ref();
+    let ok = ["http://", "https://"]
+        .iter()
+        .any(|scheme| text.len() > scheme.len() && text.starts_with(scheme));
+    if !ok || text.contains(char::is_whitespace) {
+        return Err(c.err(
+            "update.fleet-lock-url",
+            &url.span(),
+            format!("\"{text}\" is not an http:// or https:// URL"),
+        ));
+    }
+    let group = match &u.fleet_lock_group {
+        Some(g) if !valid_group(g.get_ref()) => {
+            return Err(c.err(
+                "update.fleet-lock-group",
+                &g.span(),
+                format!(
+                    "\"{}\" is not a FleetLock group: letters, digits, '.' and '-' only, \
+                     at least one",
+                    g.get_ref()
+                ),
+            ));
+        }
+        Some(g) => g.get_ref().clone(),
+        None => DEFAULT_GROUP.to_string(),
+    };
+    Ok(Some(FleetLockPolicy {
+        url: normalize_base(text),
+        group,
+    }))
+}
+
 fn strategy(c: &Checker, s: &Spanned<String>) -> Result<Strategy, ManifestError> {
-    [Strategy::Manual, Strategy::Immediate, Strategy::Periodic]
-        .into_iter()
+    [
+        Strategy::Manual,
+        Strategy::Immediate,
+        Strategy::Periodic,
+        Strategy::FleetLock,
+    ]
+    .into_iter()
         .find(|k| k.name() == s.get_ref())
         .ok_or_else(|| {
             c.err(
                 "update.strategy",
                 &s.span(),
                 format!(
-                    "unknown strategy \"{}\" (expected \"manual\", \"immediate\" or \"periodic\")",
+                    "unknown strategy \"{}\" (expected \"manual\", \"immediate\", \"periodic\" or \"fleet-lock\")",
                     s.get_ref()
                 ),
             )

@@ -177,6 +177,8 @@ pub struct RawUpdate {
     pub strategy: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub wariness: Option<Spanned<f64>>,
+    pub fleet_lock_url: Option<Spanned<String>>,
+    pub fleet_lock_group: Option<Spanned<String>>,
     #[serde(default, rename = "window")]
     pub windows: Vec<Spanned<RawWindow>>,
 }

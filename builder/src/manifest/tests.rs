@@ -591,6 +591,101 @@ fn update_policy_errors_name_the_key_and_the_line() {
     );
 }
 
+#[test]
+fn a_fleet_lock_policy_with_and_without_windows() {
+    use berth_hostapi::update::{FleetLockPolicy, Strategy};
+    let m = policy("strategy = \"fleet-lock\"\nfleet-lock-url = \"http://10.0.2.2:8090/fl\"\n")
+        .unwrap();
+    let p = m.update.unwrap().policy;
+    assert_eq!(p.strategy, Strategy::FleetLock);
+    // A trailing slash, so that v1/pre-reboot is appended, and the default group.
+    assert_eq!(
+        p.fleet_lock,
+        Some(FleetLockPolicy {
+            url: "http://10.0.2.2:8090/fl/".into(),
+            group: "default".into(),
+        })
+    );
+    assert!(p.windows.is_empty());
+    let m = policy(
+        "strategy = \"fleet-lock\"\nfleet-lock-url = \"https://fl.example/\"\n\
+         fleet-lock-group = \"workers.eu-1\"\n\
+         [[update.window]]\ndays = [\"Sat\"]\nstart = \"22:30\"\nlength = \"90m\"\n",
+    )
+    .unwrap();
+    let p = m.update.unwrap().policy;
+    let f = p.fleet_lock.unwrap();
+    assert_eq!(
+        (f.url.as_str(), f.group.as_str()),
+        ("https://fl.example/", "workers.eu-1")
+    );
+    assert_eq!(p.windows.len(), 1);
+}
+
+#[test]
+fn fleet_lock_errors_name_the_key_and_the_line() {
+    let (key, line, text) = policy_err("strategy = \"fleet-lock\"\n");
+    assert_eq!((key.as_str(), line), ("update.strategy", Some(5)), "{text}");
+    assert!(text.contains("add fleet-lock-url"), "{text}");
+
+    for bad in [
+        "fl.example:8090",
+        "file:///srv/fl",
+        "http://",
+        "http://a b/",
+    ] {
+        let (key, line, text) = policy_err(&format!(
+            "strategy = \"fleet-lock\"\nfleet-lock-url = \"{bad}\"\n"
+        ));
+        assert_eq!(
+            (key.as_str(), line),
+            ("update.fleet-lock-url", Some(6)),
+            "{text}"
+        );
+        assert!(text.contains("not an http:// or https:// URL"), "{text}");
+        assert!(
+            text.starts_with("m.toml:6:18: update.fleet-lock-url: "),
+            "{text}"
+        );
+    }
+    for bad in ["", "a b", "west/1", "ö"] {
+        let (key, line, text) = policy_err(&format!(
+            "strategy = \"fleet-lock\"\nfleet-lock-url = \"http://fl/\"\nfleet-lock-group = \"{bad}\"\n"
+        ));
+        assert_eq!(
+            (key.as_str(), line),
+            ("update.fleet-lock-group", Some(7)),
+            "{text}"
+        );
+        assert!(text.contains("not a FleetLock group"), "{text}");
+    }
+    // Either key without the strategy.
+    for strategy in [
+        "",
+        "strategy = \"immediate\"\n",
+        "strategy = \"periodic\"\n",
+    ] {
+        for (k, v) in [
+            ("fleet-lock-url", "\"http://fl/\""),
+            ("fleet-lock-group", "\"default\""),
+        ] {
+            let window = if strategy.contains("periodic") {
+                "[[update.window]]\ndays = [\"Sat\"]\nstart = \"22:30\"\nlength = \"1h\"\n"
+            } else {
+                ""
+            };
+            let (key, line, text) = policy_err(&format!("{strategy}{k} = {v}\n{window}"));
+            let at = 5 + usize::from(!strategy.is_empty());
+            assert_eq!(
+                (key.as_str(), line),
+                (format!("update.{k}").as_str(), Some(at)),
+                "{text}"
+            );
+            assert!(text.contains("strategy = \"fleet-lock\""), "{text}");
+        }
+    }
+}
+
 const SECURE_BOOT: &str = "name = \"x\"\nversion = \"1\"\n[secure-boot]\nkey = \"sb/db.key\"\ncertificate = \"sb/db.crt\"\n";
 
 #[test]

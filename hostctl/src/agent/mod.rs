@@ -7,7 +7,8 @@
 //! with the code, lock and checks of `berthctl upgrade`; and reboots into
 //! it as the strategy says: `immediate` at once, `periodic` inside a
 //! maintenance window (deploying happens at any time; only the reboot
-//! waits). A staged rollout holds the new version back until its progress
+//! waits), `fleet-lock` once a FleetLock server grants a reboot slot
+//! (inside a window, if any are set; [`fleet`]). A staged rollout holds the new version back until its progress
 //! reaches this host's wariness. Errors back off (10 s, doubling, up to
 //! the interval) and are retried: the service never exits on its own.
 //!
@@ -17,6 +18,7 @@
 //! still until `agent resume`, across reboots.
 
 pub mod check;
+pub mod fleet;
 pub mod state;
 
 use std::path::Path;
@@ -29,6 +31,7 @@ use berth_hostapi::control::{Request, ShutdownAction};
 use berth_hostapi::update::{Strategy, UpdatePolicy, WindowState, window_state};
 
 use self::check::Verdict;
+use self::fleet::{Fleet, FleetLockStatus, Start};
 use self::state::{Phase, Status, Version, WindowWait};
 use crate::upgrade::short;
 
@@ -57,7 +60,7 @@ pub fn utc(secs: u64) -> String {
 }
 
 /// Up to a tenth of `interval` more, at random.
-fn jittered(interval: Duration) -> Duration {
+pub(crate) fn jittered(interval: Duration) -> Duration {
     let mut b = [0u8; 2];
     let r = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty())
         .map_or(0, |_| u16::from_le_bytes(b));
@@ -80,6 +83,18 @@ pub fn run(root: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
         identity.wariness,
         identity.wariness_source
     );
+    let (mut fleet, broken) = match fleet_client(&policy, st.host_id.as_deref(), interval) {
+        Ok(Some((f, s))) => {
+            eprintln!(
+                "berthctl agent: fleet lock {} group {} as {}",
+                s.url, s.group, s.id
+            );
+            st.fleet_lock = Some(s);
+            (Some(f), None)
+        }
+        Ok(None) => (None, None),
+        Err(why) => (None, Some(why)),
+    };
     publish(root, &mut st);
     if policy.strategy == Strategy::Manual {
         st.set(
@@ -88,9 +103,15 @@ pub fn run(root: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
         );
         publish(root, &mut st);
     }
+    if let Some(why) = &broken {
+        eprintln!("berthctl agent: {why}");
+        st.set(Phase::Error, why.clone());
+        st.last_error = Some(why.clone());
+        publish(root, &mut st);
+    }
     let mut backoff = FIRST_BACKOFF;
     loop {
-        if policy.strategy == Strategy::Manual {
+        if policy.strategy == Strategy::Manual || broken.is_some() {
             std::thread::sleep(Duration::from_secs(3600));
             continue;
         }
@@ -115,7 +136,30 @@ pub fn run(root: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
             std::thread::sleep(TICK);
             continue;
         }
-        let wait = match step(root, socket, &policy, &identity, &mut st) {
+        if let Some(f) = fleet.as_mut() {
+            let wait = match boot_view(root) {
+                Some(boot) => {
+                    match f.start(root, &boot, &crate::host::failed_commits(root), &mut st) {
+                        Start::Go => None,
+                        Start::Retry(wait) => Some(wait),
+                    }
+                }
+                None => {
+                    st.set(
+                        Phase::Error,
+                        "reading the deployments (for the fleet lock) failed",
+                    );
+                    Some(FIRST_BACKOFF)
+                }
+            };
+            if let Some(wait) = wait {
+                st.next_check = Some(now() + wait.as_secs());
+                publish(root, &mut st);
+                sleep_unless_paused(root, wait);
+                continue;
+            }
+        }
+        let wait = match step(root, socket, &policy, &identity, fleet.as_mut(), &mut st) {
             Ok(wait) => {
                 backoff = FIRST_BACKOFF;
                 st.errors_in_a_row = 0;
@@ -140,6 +184,57 @@ pub fn run(root: &Path, socket: &Path) -> anyhow::Result<ExitCode> {
         publish(root, &mut st);
         sleep_unless_paused(root, wait);
     }
+}
+
+/// The FleetLock client of a `fleet-lock` policy, with its status, as the
+/// host with app-specific id `host_id` (lower hex) speaks it; `None` for
+/// other strategies; why not when it cannot work.
+fn fleet_client(
+    policy: &UpdatePolicy,
+    host_id: Option<&str>,
+    interval: Duration,
+) -> Result<Option<(Fleet<berth_fleet::protocol::Client>, FleetLockStatus)>, String> {
+    if policy.strategy != Strategy::FleetLock {
+        return Ok(None);
+    }
+    let Some(p) = &policy.fleet_lock else {
+        return Err("strategy fleet-lock, but the host configuration names no FleetLock server (fleet-lock-url); rebuild the image".into());
+    };
+    let Some(id) = host_id else {
+        return Err(
+            "strategy fleet-lock needs the host id, and this host has no machine id".into(),
+        );
+    };
+    let client = berth_fleet::protocol::Client::new(&p.url, id, &p.group, fleet::REQUEST_TIMEOUT);
+    let status = FleetLockStatus {
+        url: p.url.clone(),
+        group: p.group.clone(),
+        id: id.to_string(),
+        holding: false,
+        kept: false,
+        reason: None,
+        last_error: None,
+        last_error_kind: None,
+    };
+    Ok(Some((Fleet::new(client, FIRST_BACKOFF, interval), status)))
+}
+
+/// The booted commit and the one that boots next, for the fleet lock.
+fn boot_view(root: &Path) -> Option<fleet::Boot> {
+    let sysroot = berth_sysroot::deployment::open(root).ok()?;
+    let list = berth_sysroot::deployment::list(&sysroot, root).ok()?;
+    let booted = list.iter().find(|d| d.booted)?;
+    let esp = root.join(crate::host::ESP.trim_start_matches('/'));
+    let entries = berth_sysroot::esp_state::entry_names(&esp);
+    let next = list.iter().find(|d| d.index < booted.index).map(|d| {
+        let bad = entries.get(&d.id()).map(|n| n.assessment())
+            == Some(berth_sysroot::bls::Assessment::Bad);
+        (d.checksum.clone(), bad)
+    });
+    Some(fleet::Boot {
+        booted: booted.checksum.clone(),
+        next,
+    })
 }
 
 /// Sleeps `wait`, cut short when an operator pauses the agent.
@@ -184,6 +279,7 @@ fn step(
     socket: &Path,
     policy: &UpdatePolicy,
     identity: &crate::identity::Identity,
+    fleet: Option<&mut Fleet<berth_fleet::protocol::Client>>,
     st: &mut Status,
 ) -> anyhow::Result<Option<Duration>> {
     st.set(Phase::Checking, "asking the update server");
@@ -197,7 +293,22 @@ fn step(
     let target = match look.verdict {
         Verdict::Idle(why) => {
             st.target = None;
-            st.set(Phase::Idle, why);
+            match st.fleet_lock.as_ref().filter(|f| f.holding && f.kept) {
+                Some(f) => {
+                    let why = format!(
+                        "keeping the reboot slot in group {} after the {}: the group's other hosts wait; a newer version, or berth fleet unlock {} {}, frees it ({why})",
+                        f.group,
+                        f.reason.as_deref().unwrap_or("failed update"),
+                        f.group,
+                        f.id
+                    );
+                    if st.state != Phase::HoldingSlot {
+                        eprintln!("berthctl agent: {why}");
+                    }
+                    st.set(Phase::HoldingSlot, why);
+                }
+                None => st.set(Phase::Idle, why),
+            }
             return Ok(None);
         }
         Verdict::Held(why) => {
@@ -240,7 +351,8 @@ fn step(
         Verdict::Finalize(target) => target,
     };
     st.target = Some(target.clone());
-    finalize(root, socket, policy, st, &target)
+    let booted = look.booted.commit.clone();
+    finalize(root, socket, policy, fleet, st, &booted, &target)
 }
 
 /// Deploys `target` as `berthctl upgrade` does; returns it when it is the
@@ -277,41 +389,73 @@ fn deploy(root: &Path, target: &Version) -> anyhow::Result<Version> {
     }
 }
 
-/// Reboots into the agent's deployment of `target` now (`immediate`, or
-/// inside a window) or says which window it waits for.
+/// Whether the reboot waits for a window under `policy` at `now`: the
+/// next window's index and opening, or `None` to go on. `periodic` always
+/// has windows; `fleet-lock` may (then the slot is asked for only inside
+/// one); `immediate` ignores them.
+fn window_gate(policy: &UpdatePolicy, now: u64) -> anyhow::Result<Option<(usize, u64)>> {
+    let windowed = match policy.strategy {
+        Strategy::Periodic => true,
+        Strategy::FleetLock => !policy.windows.is_empty(),
+        Strategy::Manual | Strategy::Immediate => false,
+    };
+    if !windowed {
+        return Ok(None);
+    }
+    match window_state(&policy.windows, now) {
+        Some(WindowState::Open { .. }) => Ok(None),
+        Some(WindowState::Closed { index, opens_at }) => Ok(Some((index, opens_at))),
+        None => anyhow::bail!(
+            "strategy {} without a maintenance window",
+            policy.strategy.name()
+        ),
+    }
+}
+
+/// Reboots from `booted` into the agent's deployment of `target` now
+/// (`immediate`, inside a window, once the fleet lock grants a slot) or
+/// says what it waits for.
 fn finalize(
     root: &Path,
     socket: &Path,
     policy: &UpdatePolicy,
+    fleet: Option<&mut Fleet<berth_fleet::protocol::Client>>,
     st: &mut Status,
+    booted: &str,
     target: &Version,
 ) -> anyhow::Result<Option<Duration>> {
     let now = now();
-    if policy.strategy == Strategy::Periodic {
-        match window_state(&policy.windows, now) {
-            Some(WindowState::Open { .. }) => {}
-            Some(WindowState::Closed { index, opens_at }) => {
-                let window = policy.windows[index].describe();
-                let why = format!(
-                    "{} is deployed; waiting for window {index} ({window}), which opens at {}",
-                    target.version,
-                    utc(opens_at)
-                );
-                if st.state != Phase::WaitingForWindow {
-                    eprintln!("berthctl agent: {why}");
-                }
-                st.set(Phase::WaitingForWindow, why);
-                st.window = Some(WindowWait {
-                    index,
-                    window,
-                    opens_at,
-                });
-                // Look again at the opening, or at the next check if sooner.
-                let until = Duration::from_secs(opens_at.saturating_sub(now) + 1);
-                let interval = Duration::from_millis(policy.interval_ms.max(1000));
-                return Ok(Some(until.min(jittered(interval))));
-            }
-            None => anyhow::bail!("strategy periodic without a maintenance window"),
+    let interval = Duration::from_millis(policy.interval_ms.max(1000));
+    if let Some((index, opens_at)) = window_gate(policy, now)? {
+        let window = policy.windows[index].describe();
+        let why = format!(
+            "{} is deployed; waiting for window {index} ({window}), which opens at {}",
+            target.version,
+            utc(opens_at)
+        );
+        if st.state != Phase::WaitingForWindow {
+            eprintln!("berthctl agent: {why}");
+        }
+        st.set(Phase::WaitingForWindow, why);
+        st.window = Some(WindowWait {
+            index,
+            window,
+            opens_at,
+        });
+        // Look again at the opening, or at the next check if sooner.
+        let until = Duration::from_secs(opens_at.saturating_sub(now) + 1);
+        return Ok(Some(until.min(jittered(interval))));
+    }
+    if policy.strategy == Strategy::FleetLock {
+        let Some(fleet) = fleet else {
+            anyhow::bail!("strategy fleet-lock without a FleetLock client");
+        };
+        let granted = fleet
+            .ask(root, booted, target, st)
+            .with_context(|| format!("recording the reboot slot in {}", fleet::HELD_PATH))?;
+        if !granted {
+            // Asked again at the next check (the window, if any, first).
+            return Ok(Some(jittered(interval)));
         }
     }
     let why = format!(
@@ -396,6 +540,9 @@ pub fn status_text(policy: &UpdatePolicy, paused: bool, st: Option<&Status>) -> 
             utc(w.opens_at)
         ));
     }
+    if let Some(f) = &st.fleet_lock {
+        out.push_str(&fleet_text(f));
+    }
     if let Some(t) = st.last_check {
         out.push_str(&format!("checked   {}\n", utc(t)));
     }
@@ -407,6 +554,25 @@ pub fn status_text(policy: &UpdatePolicy, paused: bool, st: Option<&Status>) -> 
             "error     {e} ({} in a row)\n",
             st.errors_in_a_row
         ));
+    }
+    out
+}
+
+/// The fleet-lock lines of `agent status`.
+fn fleet_text(f: &FleetLockStatus) -> String {
+    let mut out = if f.holding {
+        let why = match (&f.reason, f.kept) {
+            (Some(r), true) => format!(" (kept after a {r}: the group waits for this host)"),
+            (Some(r), false) => format!(" ({r})"),
+            (None, _) => String::new(),
+        };
+        format!("fleet lock: holding a slot in group {}{why}\n", f.group)
+    } else {
+        format!("fleet lock: no slot held in group {}\n", f.group)
+    };
+    out.push_str(&format!("fleet lock: server {} as {}\n", f.url, f.id));
+    if let Some(e) = &f.last_error {
+        out.push_str(&format!("fleet lock: last answer {e}\n"));
     }
     out
 }
@@ -444,6 +610,118 @@ mod tests {
                 "{j:?}"
             );
         }
+    }
+
+    #[test]
+    fn fleet_lock_asks_for_a_slot_only_inside_a_window_when_it_has_windows() {
+        use berth_hostapi::update::{Weekday, Window};
+        // Monday 2026-11-30 00:00 UTC; the window is Saturday 22:30.
+        let monday = 1_795_996_800;
+        let saturday_2300 = monday + 5 * 86_400 + 23 * 3600;
+        let window = Window {
+            days: vec![Weekday::Sat],
+            start_minute: 22 * 60 + 30,
+            length_minutes: 90,
+        };
+        let mut policy = UpdatePolicy {
+            strategy: Strategy::FleetLock,
+            ..UpdatePolicy::default()
+        };
+        // No windows: at any time.
+        assert_eq!(window_gate(&policy, monday).unwrap(), None);
+        policy.windows = vec![window];
+        assert_eq!(
+            window_gate(&policy, monday).unwrap(),
+            Some((0, monday + 5 * 86_400 + 22 * 3600 + 1800))
+        );
+        assert_eq!(window_gate(&policy, saturday_2300).unwrap(), None);
+        // Past its end: closed again, so no more asking.
+        assert!(
+            window_gate(&policy, saturday_2300 + 3600)
+                .unwrap()
+                .is_some()
+        );
+        // Periodic needs one; immediate ignores them.
+        policy.strategy = Strategy::Immediate;
+        assert_eq!(window_gate(&policy, monday).unwrap(), None);
+        policy.strategy = Strategy::Periodic;
+        policy.windows.clear();
+        assert!(window_gate(&policy, monday).is_err());
+    }
+
+    #[test]
+    fn fleet_client_needs_a_server_and_a_host_id() {
+        let mut policy = UpdatePolicy::default();
+        assert!(
+            fleet_client(&policy, Some("ab"), FIRST_BACKOFF)
+                .unwrap()
+                .is_none()
+        );
+        policy.strategy = Strategy::FleetLock;
+        assert!(fleet_client(&policy, Some("ab"), FIRST_BACKOFF).is_err());
+        policy.fleet_lock = Some(berth_hostapi::update::FleetLockPolicy {
+            url: "http://fl/".into(),
+            group: "default".into(),
+        });
+        assert!(fleet_client(&policy, None, FIRST_BACKOFF).is_err());
+        let (_, s) = fleet_client(
+            &policy,
+            Some("4d4a86c9c6644a479560ded5d19a30c5"),
+            FIRST_BACKOFF,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.group.as_str(), s.id.as_str(), s.holding),
+            (
+                "http://fl/",
+                "default",
+                "4d4a86c9c6644a479560ded5d19a30c5",
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn status_says_the_slot_is_kept_after_a_failed_update() {
+        let policy = UpdatePolicy {
+            strategy: Strategy::FleetLock,
+            ..UpdatePolicy::default()
+        };
+        let mut st = Status::new("fleet-lock");
+        st.fleet_lock = Some(FleetLockStatus {
+            url: "http://fl/".into(),
+            group: "default".into(),
+            id: "4d4a".into(),
+            holding: true,
+            kept: true,
+            reason: Some("failed update to 3.0.0 (c0ffee000000)".into()),
+            last_error: None,
+            last_error_kind: None,
+        });
+        st.set(Phase::HoldingSlot, "keeping the reboot slot");
+        let text = status_text(&policy, false, Some(&st));
+        assert!(
+            text.contains("fleet lock: holding a slot in group default (kept after a failed update to 3.0.0 (c0ffee000000)"),
+            "{text}"
+        );
+        assert!(text.contains("state     holding the reboot slot"), "{text}");
+        // The registry reads these keys of the status file.
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["state"], "holding-slot");
+        assert_eq!(json["fleet_lock"]["group"], "default");
+        assert_eq!(json["fleet_lock"]["holding"], true);
+        assert_eq!(
+            json["fleet_lock"]["reason"],
+            "failed update to 3.0.0 (c0ffee000000)"
+        );
+        // A status file from before fleet-lock still reads.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("fleet_lock");
+        assert_eq!(
+            serde_json::from_value::<Status>(old).unwrap().fleet_lock,
+            None
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the update agent is doing and why, as it publishes it for
 //! `berthctl agent status` and `berthctl status`, and what it keeps across
-//! reboots (paused, the deployment it made).
+//! reboots (paused, the deployment it made; the FleetLock slot it holds
+//! is in [`super::fleet::HELD_PATH`]).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,15 @@ pub enum Phase {
     Deploying,
     /// Deployed; the reboot waits for a maintenance window.
     WaitingForWindow,
+    /// `fleet-lock`: deployed; the reboot waits for the FleetLock server
+    /// to grant a slot (asked again every interval).
+    WaitingForSlot,
+    /// `fleet-lock`: the boot is blessed; giving any held slot back
+    /// (`steady-state`) before taking updates.
+    ReportingSteadyState,
+    /// `fleet-lock`: nothing newer to take, and the slot is kept because
+    /// the version it was taken for failed (or was rolled back).
+    HoldingSlot,
     /// Someone else's deployment (a manual upgrade or rollback) boots next.
     Held,
     /// Rebooting into the new version.
@@ -55,6 +65,9 @@ impl Phase {
             Phase::WaitingForRollout => "waiting for the rollout",
             Phase::Deploying => "deploying",
             Phase::WaitingForWindow => "deployed, waiting for window",
+            Phase::WaitingForSlot => "deployed, waiting for a reboot slot",
+            Phase::ReportingSteadyState => "reporting steady state",
+            Phase::HoldingSlot => "holding the reboot slot",
             Phase::Held => "held",
             Phase::Rebooting => "rebooting",
             Phase::Paused => "paused",
@@ -113,6 +126,9 @@ pub struct Status {
     pub rollout: Option<RolloutWait>,
     /// The host id updates are known by (app-specific).
     pub host_id: Option<String>,
+    /// `fleet-lock`: the server, the group and whether a slot is held.
+    #[serde(default)]
+    pub fleet_lock: Option<super::fleet::FleetLockStatus>,
     /// When the update server was last asked (unix seconds).
     pub last_check: Option<u64>,
     /// When it will be asked next.
@@ -137,6 +153,7 @@ impl Status {
             window: None,
             rollout: None,
             host_id: None,
+            fleet_lock: None,
             last_check: None,
             next_check: None,
             last_error: None,
