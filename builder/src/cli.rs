@@ -1,7 +1,7 @@
 //! The `berth` command line: the clap-derived arguments of each verb (their
 //! doc comments are the help text), mapped onto the options the verb's
 //! module owns ([`BuildOpts`], [`RunOpts`], [`ServeOpts`], [`RolloutOpts`],
-//! [`GenerateOpts`]), and one function that runs a verb.
+//! [`GenerateOpts`], [`FleetOpts`]), and one function that runs a verb.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::build::{BuildOpts, ImageFormat};
+use crate::fleet::{FleetCommand, FleetOpts};
 use crate::keys::GenerateOpts;
 use crate::rollout::{Action, Change, RolloutOpts, Start};
 use crate::run::{Accel, RunOpts};
@@ -37,6 +38,69 @@ pub enum Cmd {
     Rollout(RolloutArgs),
     /// Make Secure Boot keys.
     Keys(KeysArgs),
+    /// The fleet as its etcd holds it: hosts, versions, halted groups,
+    /// gone hosts, announced services.
+    Fleet(FleetArgs),
+}
+
+/// Options of `berth fleet`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// What to show.
+    #[command(subcommand)]
+    pub command: FleetCmd,
+}
+
+/// etcd options every `berth fleet` verb takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// An etcd client URL (`http://10.0.0.1:2379`); repeat for more members.
+    #[arg(
+        long = "etcd",
+        value_name = "URL",
+        required = true,
+        env = "BERTH_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The verbs of `berth fleet`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum FleetCmd {
+    /// One line per live host (name, version, boot state, agent state,
+    /// slot, last seen) and a summary: hosts per version, groups halted
+    /// by a failed update, hosts gone.
+    Status {
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Announced service endpoints (`announce = PORT`), of NAME or all.
+    Services {
+        /// Only this service.
+        name: Option<String>,
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+}
+
+impl From<FleetArgs> for FleetOpts {
+    fn from(a: FleetArgs) -> Self {
+        let (command, etcd) = match a.command {
+            FleetCmd::Status { etcd } => (FleetCommand::Status, etcd),
+            FleetCmd::Services { name, etcd } => (FleetCommand::Services { name }, etcd),
+        };
+        FleetOpts {
+            etcd: etcd.endpoints,
+            json: etcd.json,
+            command,
+        }
+    }
 }
 
 /// Options of `berth keys`.
@@ -328,6 +392,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Keys(KeysArgs {
             command: KeysCmd::Generate(args),
         }) => crate::keys::run(&args.into()).map(|()| ExitCode::SUCCESS),
+        Cmd::Fleet(args) => crate::fleet::run(&args.into()),
     }
 }
 

@@ -38,6 +38,17 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
             .collect();
         services.push(agent);
     }
+    if m.fleet.is_some() {
+        // After the required services too: a host registers once it is
+        // up, and etcd being unreachable never holds up its boot.
+        let mut registry = berth_hostapi::services::fleet_registry();
+        registry.after = services
+            .iter()
+            .filter(|s| s.required)
+            .map(|s| s.name.clone())
+            .collect();
+        services.push(registry);
+    }
     HostConfig {
         image: m.name.clone(),
         version: m.version.clone(),
@@ -50,6 +61,7 @@ pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {
         watchdog_timeout_ms: m.host.watchdog_timeout_ms,
         services,
         update: policy,
+        fleet: m.fleet.clone(),
     }
 }
 
@@ -155,6 +167,33 @@ mod tests {
             let text = format!("name = \"x\"\nversion = \"1\"\n{unit}{update}");
             Manifest::parse(Path::new("m.toml"), &text).unwrap();
         }
+    }
+
+    #[test]
+    fn fleet_adds_the_registry_after_the_required_services() {
+        let text = "name = \"x\"\nversion = \"1\"\n[[service]]\nname = \"web\"\ncommand = [\"httpd\"]\nannounce = 80\n\
+                    [fleet]\netcd = [\"http://e:2379\"]\nlease-ttl = \"10s\"\n";
+        let h = from_manifest(&Manifest::parse(Path::new("m.toml"), text).unwrap(), &[]);
+        let names: Vec<&str> = h.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "fleet-registry"]);
+        assert_eq!(
+            h.services[1],
+            Service {
+                after: vec!["web".into()],
+                ..berth_hostapi::services::fleet_registry()
+            }
+        );
+        assert_eq!(h.services[0].announce, Some(80));
+        let fleet = h.fleet.unwrap();
+        assert_eq!(
+            (fleet.etcd.as_slice(), fleet.lease_ttl_secs),
+            (&["http://e:2379".to_string()][..], 10)
+        );
+        let h = from_manifest(
+            &Manifest::parse(Path::new("m.toml"), "name = \"x\"\nversion = \"1\"\n").unwrap(),
+            &[],
+        );
+        assert!(h.fleet.is_none() && h.services.is_empty());
     }
 
     #[test]

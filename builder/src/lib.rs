@@ -14,6 +14,7 @@ pub mod commit;
 pub mod container;
 pub mod disk;
 pub mod error;
+pub mod fleet;
 pub mod host_config;
 pub mod ids;
 pub mod initramfs;

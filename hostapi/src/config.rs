@@ -47,6 +47,8 @@ pub struct HostConfig {
     pub services: Vec<Service>,
     /// How the host updates itself (`[update]`): the update agent's policy.
     pub update: crate::update::UpdatePolicy,
+    /// The fleet's etcd (`[fleet]`), when the host registers itself.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// Network configuration of the host.
@@ -156,6 +158,9 @@ pub struct Service {
     /// Whether the host counts as ready (and the boot as good) only when
     /// this service is ready.
     pub required: bool,
+    /// The TCP port this service is published on in the fleet registry
+    /// (`/berth/services/<name>/<host id>`) while it is ready.
+    pub announce: Option<u16>,
 }
 
 impl Default for Service {
@@ -179,6 +184,7 @@ impl Default for Service {
             post_stop: Vec::new(),
             dirs: Vec::new(),
             required: true,
+            announce: None,
         }
     }
 }
@@ -271,6 +277,7 @@ mod tests {
         assert_eq!(cfg.services[0].restart, Restart::Always);
         assert_eq!(cfg.services[0].stop_signal, "SIGTERM");
         assert_eq!(cfg.network, Network::None);
+        assert_eq!((cfg.fleet, cfg.services[0].announce), (None, None));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!   manifest and `berth-init` reads at boot.
 //! - [`control`]: the protocol on berth-init's control socket, spoken by
 //!   `berthctl`.
+//! - [`fleet`]: where the fleet's etcd is (`[fleet]`).
 //! - [`machine_id`]: the host's identity and the ids derived from it.
 //! - [`update`]: how a host updates itself (strategy, windows, rollouts).
 //! - [`provisioning`]: where per-host data is found (fw_cfg, `cidata`
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod control;
 pub mod error_chain;
+pub mod fleet;
 pub mod machine_id;
 pub mod provisioning;
 pub mod services;

@@ -47,6 +47,24 @@ pub fn update_agent() -> Service {
     }
 }
 
+/// The fleet registry (`berthctl fleet run`), which `berth build` adds
+/// when the manifest has `[fleet]`: it keeps the host's record and its
+/// announced services in etcd. Not required (etcd being down must not
+/// make a boot bad), restarted always, backing off from 5 s to a minute.
+pub fn fleet_registry() -> Service {
+    Service {
+        name: crate::fleet::REGISTRY_SERVICE.into(),
+        kind: ServiceKind::Process,
+        command: ["berthctl", "fleet", "run"].map(String::from).to_vec(),
+        restart: Restart::Always,
+        ready: Readiness::Started,
+        required: false,
+        backoff_initial_ms: 5_000,
+        backoff_max_ms: 60_000,
+        ..Service::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +88,20 @@ mod tests {
                 ..svc
             },
             Service::default()
+        );
+    }
+
+    #[test]
+    fn the_fleet_registry_is_optional_and_runs_berthctl_fleet_run() {
+        let svc = fleet_registry();
+        assert_eq!(svc.name, "fleet-registry");
+        assert_eq!(svc.command, ["berthctl", "fleet", "run"]);
+        assert_eq!(svc.restart, Restart::Always);
+        assert!(!svc.required);
+        assert_eq!(svc.announce, None);
+        assert_eq!(
+            (svc.backoff_initial_ms, svc.backoff_max_ms),
+            (5_000, 60_000)
         );
     }
 

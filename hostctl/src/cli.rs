@@ -49,6 +49,22 @@ pub enum Cmd {
         #[command(subcommand)]
         command: AgentCmd,
     },
+    /// The endpoints of a service announced in the fleet registry:
+    /// `address:port host-id` lines (none when nothing is announced).
+    Discover {
+        /// The service's name.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fleet registry (berth-init runs it as the fleet-registry service).
+    #[command(hide = true)]
+    Fleet {
+        /// What to do.
+        #[command(subcommand)]
+        command: FleetCmd,
+    },
     /// Make the previous deployment the default.
     Rollback {
         /// Reboot into it.
@@ -112,6 +128,14 @@ pub enum AgentCmd {
     Run,
 }
 
+/// The verbs of `berthctl fleet`.
+#[derive(Debug, Subcommand)]
+pub enum FleetCmd {
+    /// Keep this host's record and its ready announced services in etcd
+    /// until SIGTERM.
+    Run,
+}
+
 /// Runs one verb.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cli.socket;
@@ -145,6 +169,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             AgentCmd::Resume => crate::agent::set_paused(Path::new("/"), false),
             AgentCmd::Run => crate::agent::run(Path::new("/"), &socket),
         },
+        Cmd::Discover { name, json } => crate::fleet::discover(Path::new("/"), &name, json),
+        Cmd::Fleet {
+            command: FleetCmd::Run,
+        } => crate::fleet::run(Path::new("/"), &socket),
         Cmd::Rollback { reboot } => {
             crate::rollback::run(Path::new("/"))?;
             if reboot {
@@ -198,6 +226,16 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["berthctl", "agent", "pause"]).is_ok());
+        let c = Cli::try_parse_from(["berthctl", "discover", "web", "--json"]).unwrap();
+        assert!(matches!(c.command, Cmd::Discover { ref name, json: true } if name == "web"));
+        assert!(matches!(
+            Cli::try_parse_from(["berthctl", "fleet", "run"])
+                .unwrap()
+                .command,
+            Cmd::Fleet {
+                command: FleetCmd::Run
+            }
+        ));
         let c = Cli::try_parse_from(["berthctl", "upgrade", "--allow-downgrade"]).unwrap();
         assert!(matches!(
             c.command,

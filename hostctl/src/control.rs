@@ -40,15 +40,20 @@ pub fn simple(socket: &Path, req: &Request) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `berthctl services`.
-pub fn services(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let services = match send(socket, &Request::Services)?.next() {
-        Some(Ok(Response::Services { services })) => services,
+/// The state of every service, as berth-init reports it.
+pub fn service_states(socket: &Path) -> anyhow::Result<Vec<ServiceStatus>> {
+    match send(socket, &Request::Services)?.next() {
+        Some(Ok(Response::Services { services })) => Ok(services),
         Some(Ok(Response::Error { message })) => bail!("{message}"),
         Some(Ok(other)) => bail!("unexpected answer from berth-init: {other:?}"),
-        Some(Err(e)) => return Err(e),
+        Some(Err(e)) => Err(e),
         None => bail!("berth-init closed the connection without answering"),
-    };
+    }
+}
+
+/// `berthctl services`.
+pub fn services(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let services = service_states(socket)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&services)?);
     } else {

@@ -2,7 +2,8 @@
 //! from tests. It talks to berth-init over its control socket (services,
 //! logs, restart, reboot: [`control`]) and to libostree and the ESP
 //! (status, upgrade, rollback, the update [`agent`], and the boot-time
-//! steps `boot-check` and `provision`).
+//! steps `boot-check` and `provision`), and to the fleet's etcd (the host
+//! registry and service discovery: [`fleet`]).
 //!
 //! It does not parse arguments or choose exit codes for errors: that is
 //! the `berthctl` binary's `main.rs`, over [`cli`].
@@ -12,6 +13,7 @@ pub mod bootcheck;
 pub mod cli;
 pub mod control;
 pub mod firmware;
+pub mod fleet;
 mod host;
 pub mod identity;
 pub mod provision;

@@ -265,6 +265,7 @@ pub fn service(c: &Container) -> Service {
             .map(|v| format!("{}/{}", spec::volume_dir(&c.name), v.name))
             .collect(),
         required: c.required,
+        announce: c.announce,
         ..Service::default()
     }
 }

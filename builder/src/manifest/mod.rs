@@ -7,6 +7,7 @@
 //! manifest value (a package the mirror lacks, a disk too small) report it
 //! through [`Manifest::error_at`] the same way.
 
+mod fleet;
 mod policy;
 mod schema;
 mod secure_boot;
@@ -94,6 +95,8 @@ pub struct Manifest {
     pub ssh: Option<Ssh>,
     /// Secure Boot: the key that signs the boot chain, and what to enroll.
     pub secure_boot: Option<SecureBoot>,
+    /// `[fleet]`: the etcd cluster the host registers in.
+    pub fleet: Option<berth_hostapi::fleet::FleetConfig>,
 }
 
 /// `[secure-boot]`: sign a unified kernel image and systemd-boot with a db
@@ -236,6 +239,8 @@ pub struct Container {
     /// Verify the registry's TLS certificate (default: yes, except for
     /// registries on the loopback address).
     pub tls_verify: Option<bool>,
+    /// `announce = PORT`: published in the fleet registry while ready.
+    pub announce: Option<u16>,
 }
 
 /// A container's network.

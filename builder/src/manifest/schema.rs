@@ -35,6 +35,16 @@ pub struct RawManifest {
     pub ssh: Option<RawSsh>,
     #[serde(default)]
     pub secure_boot: Option<RawSecureBoot>,
+    #[serde(default)]
+    pub fleet: Option<RawFleet>,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFleet {
+    pub etcd: Spanned<Vec<Spanned<String>>>,
+    pub lease_ttl: Option<Spanned<String>>,
 }
 
 /// `[secure-boot]`.
@@ -138,6 +148,7 @@ pub struct RawService {
     pub backoff_initial: Option<Spanned<String>>,
     pub backoff_max: Option<Spanned<String>>,
     pub required: Option<bool>,
+    pub announce: Option<Spanned<i64>>,
 }
 
 /// One `[[container]]`.
@@ -163,6 +174,7 @@ pub struct RawContainer {
     pub stop_timeout: Option<Spanned<String>>,
     pub required: Option<bool>,
     pub tls_verify: Option<bool>,
+    pub announce: Option<Spanned<i64>>,
 }
 
 /// `[update]`.

@@ -202,6 +202,7 @@ pub(super) fn check(
             s.backoff_max,
             defaults.backoff_max_ms,
         )?;
+        let announce = super::fleet::announce(c, &at("announce"), s.announce)?;
         let user = account(c, &at("user"), s.user)?;
         let group = account(c, &at("group"), s.group)?;
         graph.push((format!("service[{i}]"), name.clone(), s.after.clone()));
@@ -221,6 +222,7 @@ pub(super) fn check(
             stop_signal: common.stop_signal,
             stop_timeout_ms: common.stop_timeout_ms,
             required: s.required.unwrap_or(true),
+            announce,
             ..Service::default()
         });
     }
@@ -359,6 +361,7 @@ pub(super) fn check(
                 stop_timeout: k.stop_timeout,
             },
         )?;
+        let announce = super::fleet::announce(c, &at("announce"), k.announce)?;
         graph.push((format!("container[{i}]"), name.clone(), k.after.clone()));
         containers.push(Container {
             name,
@@ -381,6 +384,7 @@ pub(super) fn check(
             stop_timeout_ms: common.stop_timeout_ms,
             required: k.required.unwrap_or(true),
             tls_verify: k.tls_verify,
+            announce,
         });
     }
 

@@ -754,3 +754,86 @@ fn secure_boot_enroll_modes_must_match_the_keys() {
         "{e}"
     );
 }
+
+#[test]
+fn fleet_etcd_lease_ttl_and_announce() {
+    let base = "name = \"x\"\nversion = \"1\"\n";
+    let m = parse(&format!(
+        "{base}[fleet]\netcd = [\"http://10.0.0.1:2379\", \"https://e.example:2379\"]\n\
+         [[service]]\nname = \"web\"\ncommand = [\"httpd\"]\nannounce = 8080\n\
+         [[container]]\nname = \"db\"\nimage = \"oci:l:1\"\nannounce = 5432\n"
+    ))
+    .unwrap();
+    let fleet = m.fleet.clone().unwrap();
+    assert_eq!(
+        fleet.etcd,
+        ["http://10.0.0.1:2379", "https://e.example:2379"]
+    );
+    assert_eq!(fleet.lease_ttl_secs, 30);
+    assert_eq!(m.services[0].announce, Some(8080));
+    assert_eq!(m.containers[0].announce, Some(5432));
+    assert_eq!(
+        crate::container::service(&m.containers[0]).announce,
+        Some(5432)
+    );
+    let ttl = |t: &str| format!("{base}[fleet]\netcd = [\"http://e:2379\"]\nlease-ttl = \"{t}\"\n");
+    assert_eq!(parse(&ttl("1m")).unwrap().fleet.unwrap().lease_ttl_secs, 60);
+    for bad in ["4s", "5500ms", "soon"] {
+        let e = err(&ttl(bad));
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("fleet.lease-ttl", Some((5, 13))),
+            "{e}"
+        );
+    }
+    let e = err(&format!("{base}[fleet]\netcd = []\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("fleet.etcd", Some((4, 8))),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{base}[fleet]\netcd = [\"http://e:2379\", \"e:2379\"]\n"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("fleet.etcd[1]", Some((4, 26))),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("m.toml:4:26: fleet.etcd[1]: \"e:2379\" is not an http"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{base}[fleet]\netcd = [\"http://e:2379\"]\nca-file = \"x\"\n"
+    ));
+    assert_eq!(e.key, "fleet.ca-file", "{e}");
+    for port in ["0", "65536", "-1"] {
+        let e = err(&format!(
+            "{base}[[service]]\nname = \"web\"\ncommand = [\"httpd\"]\nannounce = {port}\n"
+        ));
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("service[0].announce", Some((6, 12))),
+            "{e}"
+        );
+        assert!(e.message.contains("is not a TCP port"), "{e}");
+    }
+    let e = err(&format!(
+        "{base}[[container]]\nname = \"db\"\nimage = \"oci:l:1\"\nannounce = 0\n"
+    ));
+    assert_eq!(e.key, "container[0].announce", "{e}");
+    // The registry's name is taken only with [fleet].
+    let unit = "[[service]]\nname = \"fleet-registry\"\ncommand = [\"x\"]\n";
+    parse(&format!("{base}{unit}")).unwrap();
+    let e = err(&format!(
+        "{base}{unit}[fleet]\netcd = [\"http://e:2379\"]\n"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("service[0].name", Some((4, 8))),
+        "{e}"
+    );
+    assert!(e.message.contains("fleet registry"), "{e}");
+}

@@ -166,6 +166,30 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
             ));
         }
     }
+    let fleet = match raw.fleet {
+        Some(f) => Some(super::fleet::check(c, f)?),
+        None => None,
+    };
+    if fleet.is_some() {
+        let registry = berth_hostapi::fleet::REGISTRY_SERVICE;
+        let clash = services
+            .iter()
+            .position(|s| s.name == registry)
+            .map(|i| ("service", i, name_spans.get(i)))
+            .or_else(|| {
+                containers
+                    .iter()
+                    .position(|k| k.name == registry)
+                    .map(|i| ("container", i, container_spans.get(i)))
+            });
+        if let Some((kind, i, span)) = clash {
+            return Err(super::fleet::name_clash(
+                c,
+                &format!("{kind}[{i}].name"),
+                &span.cloned().unwrap_or(0..0),
+            ));
+        }
+    }
     let secure_boot = match raw.secure_boot {
         Some(s) => Some(super::secure_boot::check(c, s)?),
         None => None,
@@ -186,6 +210,7 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         update,
         ssh,
         secure_boot,
+        fleet,
     })
 }
 
