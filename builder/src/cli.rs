@@ -87,6 +87,24 @@ pub enum FleetCmd {
         #[command(flatten)]
         etcd: EtcdArgs,
     },
+    /// Every FleetLock group's slots and holders (with since when), as the
+    /// lock server keeps them in etcd.
+    Locks {
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Release host ID's reboot slot in GROUP (for a host that died
+    /// holding one, or to let a fleet halted by a failed update go on).
+    Unlock {
+        /// The FleetLock group.
+        group: String,
+        /// The host's FleetLock id (its host id, as `berth fleet locks` shows).
+        id: String,
+        /// Where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
 }
 
 impl From<FleetArgs> for FleetOpts {
@@ -94,6 +112,8 @@ impl From<FleetArgs> for FleetOpts {
         let (command, etcd) = match a.command {
             FleetCmd::Status { etcd } => (FleetCommand::Status, etcd),
             FleetCmd::Services { name, etcd } => (FleetCommand::Services { name }, etcd),
+            FleetCmd::Locks { etcd } => (FleetCommand::Locks, etcd),
+            FleetCmd::Unlock { group, id, etcd } => (FleetCommand::Unlock { group, id }, etcd),
         };
         FleetOpts {
             etcd: etcd.endpoints,

@@ -26,6 +26,15 @@ pub enum FleetCommand {
         /// Only this service.
         name: Option<String>,
     },
+    /// Every lock group's slots and holders.
+    Locks,
+    /// An operator's release of one host's slot.
+    Unlock {
+        /// The group.
+        group: String,
+        /// The holder's id.
+        id: String,
+    },
 }
 
 /// Options of `berth fleet`.
@@ -56,22 +65,120 @@ pub fn run(opts: &FleetOpts) -> anyhow::Result<ExitCode> {
 /// What `berth fleet …` prints.
 pub fn render(opts: &FleetOpts) -> anyhow::Result<String> {
     let client = client(&opts.etcd)?;
-    if let FleetCommand::Services { name: Some(n) } = &opts.command {
+    match &opts.command {
+        FleetCommand::Locks => locks(client, opts),
+        FleetCommand::Unlock { group, id } => unlock(client, opts, group, id),
+        FleetCommand::Status => view(&client, opts, None),
+        FleetCommand::Services { name } => view(&client, opts, Some(name.as_deref())),
+    }
+}
+
+/// `berth fleet status` (`services` None) and `berth fleet services
+/// [NAME]` (`services` Some).
+fn view(
+    client: &Client,
+    opts: &FleetOpts,
+    services: Option<Option<&str>>,
+) -> anyhow::Result<String> {
+    if let Some(Some(n)) = services {
         registry::check_segment("service name", n).map_err(|e| InputError(e.to_string()))?;
     }
-    let view = FleetView::read(&client, registry::unix_now())
+    let view = FleetView::read(client, registry::unix_now())
         .with_context(|| format!("reading the fleet registry from {}", opts.etcd.join(", ")))?;
-    Ok(match (&opts.command, opts.json) {
-        (FleetCommand::Status, false) => view.text(),
-        (FleetCommand::Status, true) => serde_json::to_string_pretty(&view)? + "\n",
-        (FleetCommand::Services { name }, false) => view.services_text(name.as_deref()),
-        (FleetCommand::Services { name }, true) => {
+    Ok(match (services, opts.json) {
+        (None, false) => view.text(),
+        (None, true) => serde_json::to_string_pretty(&view)? + "\n",
+        (Some(name), false) => view.services_text(name),
+        (Some(name), true) => {
             let picked: std::collections::BTreeMap<_, _> = view
                 .services
                 .iter()
-                .filter(|(n, _)| name.as_ref().is_none_or(|want| want == *n))
+                .filter(|(n, _)| name.is_none_or(|want| want == n.as_str()))
                 .collect();
             serde_json::to_string_pretty(&picked)? + "\n"
         }
+    })
+}
+
+/// `berth fleet locks`: the lock server's state, read from etcd.
+fn locks(client: berth_fleet::etcd::Client, opts: &FleetOpts) -> anyhow::Result<String> {
+    let store = berth_fleet::lock::store::Store::new(client);
+    let groups = store
+        .groups()
+        .with_context(|| format!("reading the FleetLock groups from {}", opts.etcd.join(", ")))?;
+    let now = registry::unix_now();
+    if opts.json {
+        let list: Vec<serde_json::Value> = groups
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "group": g.group,
+                    "slots": g.slots,
+                    "holders": g.holders.iter().map(|h| serde_json::json!({"id": h.id, "since": h.since})).collect::<Vec<_>>(),
+                    "mod_revision": g.mod_revision,
+                })
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&serde_json::json!({ "groups": list }))? + "\n");
+    }
+    if groups.is_empty() {
+        return Ok("no FleetLock groups in etcd yet\n".into());
+    }
+    let mut out = String::new();
+    for g in &groups {
+        out.push_str(&format!(
+            "group {}: {} of {} slots held\n",
+            g.group,
+            g.holders.len(),
+            g.slots
+        ));
+        for h in &g.holders {
+            out.push_str(&format!(
+                "  {}  since {}\n",
+                h.id,
+                berth_fleet::view::age(now.saturating_sub(h.since))
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `berth fleet unlock GROUP ID`: releases the slot by compare-and-swap.
+fn unlock(
+    client: berth_fleet::etcd::Client,
+    opts: &FleetOpts,
+    group: &str,
+    id: &str,
+) -> anyhow::Result<String> {
+    if !berth_fleet::protocol::valid_group(group) {
+        return Err(InputError(format!(
+            "{group:?} is not a FleetLock group (letters, digits, '.' and '-')"
+        ))
+        .into());
+    }
+    if id.is_empty() {
+        return Err(InputError("the host id is empty".into()).into());
+    }
+    let store = berth_fleet::lock::store::Store::new(client);
+    let done = store.release(group, id).with_context(|| {
+        format!(
+            "releasing {id}'s slot in {group} through {}",
+            opts.etcd.join(", ")
+        )
+    })?;
+    let text = match done {
+        berth_fleet::lock::store::Unlocked::Released => {
+            format!("released {id}'s slot in group {group}")
+        }
+        berth_fleet::lock::store::Unlocked::NotHeld => {
+            format!("{id} holds no slot in group {group}: nothing to release")
+        }
+    };
+    Ok(if opts.json {
+        serde_json::to_string(
+            &serde_json::json!({"group": group, "id": id, "released": matches!(done, berth_fleet::lock::store::Unlocked::Released), "message": text}),
+        )? + "\n"
+    } else {
+        text + "\n"
     })
 }
