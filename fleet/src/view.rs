@@ -328,11 +328,13 @@ impl FleetView {
     }
 }
 
-/// Whether host `h` halts its group: it holds its slot and says why, or
-/// holds it with a failed commit on record (a host that failed an update
-/// keeps its slot, so the release stops at the first host).
+/// Whether host `h` halts its group: it holds its slot and says why (the
+/// agent gives a reason only for a slot kept after a failed update, so
+/// the release stops at the first host). A failed commit on record alone
+/// is not enough: that list is a history, and a host holding a slot to
+/// reboot into a newer version may have an old failure.
 pub fn halted(h: &HostRecord) -> bool {
-    h.slot_held && (h.slot_reason.is_some() || h.last_failed_commit.is_some())
+    h.slot_held && h.slot_reason.is_some()
 }
 
 /// The first 12 characters of an id or checksum.
@@ -396,6 +398,8 @@ mod tests {
         h.slot_held = true;
         assert!(!halted(&h), "holding a slot to reboot is not halting");
         h.last_failed_commit = Some("abc".into());
+        assert!(!halted(&h), "an old failure on record is not halting");
+        h.slot_reason = Some("failed update to 3.0.0 (abc)".into());
         assert!(halted(&h));
     }
 

@@ -210,6 +210,7 @@ fn the_fleet_view_sums_versions_halted_groups_and_gone_hosts() {
     failed.fleet_lock_group = Some("workers".into());
     failed.slot_held = true;
     failed.last_failed_commit = Some("deadbeef".into());
+    failed.slot_reason = Some("failed update to 2.0 (deadbeef)".into());
     failed.boot_state = "good".into();
     let mut rebooting = host("c", "1.0");
     rebooting.slot_held = true;

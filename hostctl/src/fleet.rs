@@ -108,7 +108,9 @@ pub struct AgentFacts {
     pub group: Option<String>,
     /// Whether it holds a reboot slot.
     pub holding: bool,
-    /// Why, if it says.
+    /// Why it keeps the slot, when it kept it after a failed update
+    /// (the agent's `kept`): what halts the group. A slot held for a
+    /// reboot still to come has no reason here.
     pub reason: Option<String>,
 }
 
@@ -124,7 +126,9 @@ pub fn agent_facts(status: &Value) -> AgentFacts {
             .and_then(|l| l.get("holding"))
             .and_then(Value::as_bool)
             .unwrap_or(false),
-        reason: text(lock.and_then(|l| l.get("reason"))),
+        reason: lock
+            .filter(|l| l.get("kept").and_then(Value::as_bool) == Some(true))
+            .and_then(|l| text(l.get("reason"))),
     }
 }
 
@@ -304,7 +308,7 @@ mod tests {
 
     #[test]
     fn agent_facts_are_read_by_name_and_tolerate_absence() {
-        let v = serde_json::json!({"state": "idle", "fleet_lock": {"group": "web", "holding": true, "reason": "commit x failed"}});
+        let v = serde_json::json!({"state": "idle", "fleet_lock": {"group": "web", "holding": true, "kept": true, "reason": "commit x failed"}});
         assert_eq!(
             agent_facts(&v),
             AgentFacts {
