@@ -28,6 +28,7 @@ pub mod command;
 mod console;
 pub mod containers;
 pub mod fixture;
+pub mod fleet;
 pub mod http;
 pub mod oci;
 pub mod qmp;
