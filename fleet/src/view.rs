@@ -352,7 +352,9 @@ pub fn age(secs: u64) -> String {
     }
 }
 
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
+/// Rows as left-aligned columns two spaces apart, trailing blanks cut:
+/// the tables `berth fleet` and `berthctl services` print.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {

@@ -34,17 +34,7 @@ pub fn dhcp(client: &[String]) -> Service {
 /// boot still blessed. Restarted always, backing off from 5 s to a
 /// minute, so an agent that keeps failing does not spin.
 pub fn update_agent() -> Service {
-    Service {
-        name: AGENT_SERVICE.into(),
-        kind: ServiceKind::Process,
-        command: ["berthctl", "agent", "run"].map(String::from).to_vec(),
-        restart: Restart::Always,
-        ready: Readiness::Started,
-        required: false,
-        backoff_initial_ms: 5_000,
-        backoff_max_ms: 60_000,
-        ..Service::default()
-    }
+    background_berthctl(AGENT_SERVICE, &["agent", "run"])
 }
 
 /// The fleet registry (`berthctl fleet run`), which `berth build` adds
@@ -52,10 +42,18 @@ pub fn update_agent() -> Service {
 /// announced services in etcd. Not required (etcd being down must not
 /// make a boot bad), restarted always, backing off from 5 s to a minute.
 pub fn fleet_registry() -> Service {
+    background_berthctl(crate::fleet::REGISTRY_SERVICE, &["fleet", "run"])
+}
+
+/// A berthctl loop berth-init keeps running in the background: not
+/// required, restarted always, backing off from 5 s to a minute.
+fn background_berthctl(name: &str, args: &[&str]) -> Service {
+    let mut command = vec!["berthctl".to_string()];
+    command.extend(args.iter().map(|a| a.to_string()));
     Service {
-        name: crate::fleet::REGISTRY_SERVICE.into(),
+        name: name.into(),
         kind: ServiceKind::Process,
-        command: ["berthctl", "fleet", "run"].map(String::from).to_vec(),
+        command,
         restart: Restart::Always,
         ready: Readiness::Started,
         required: false,

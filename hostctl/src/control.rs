@@ -84,23 +84,7 @@ pub(crate) fn table(services: &[ServiceStatus]) -> String {
             s.last_exit.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    berth_fleet::view::table(&rows)
 }
 
 /// `berthctl logs NAME [--follow]`.
