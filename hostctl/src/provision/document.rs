@@ -141,6 +141,11 @@ pub struct BerthExtension {
     /// This host's own update settings.
     #[serde(default)]
     pub update: Option<UpdateExtension>,
+    /// This host's fleet settings (etcd endpoints, TLS files, user), which
+    /// replace the image's `[fleet]` whole: written to
+    /// `/etc/berth/fleet.json`.
+    #[serde(default)]
+    pub fleet: Option<berth_hostapi::fleet::FleetConfig>,
 }
 
 /// `berth: { update: … }`: what one host does differently from its image.
@@ -398,6 +403,9 @@ fn validate(doc: &UserData) -> Result<(), DocumentError> {
             "berth.update.wariness: {w} is not a number from 0 to 1"
         )));
     }
+    if let Some(f) = doc.berth.as_ref().and_then(|b| b.fleet.as_ref()) {
+        check_fleet(f)?;
+    }
     if let Some(b) = &doc.berth {
         for (svc, env) in &b.service_env {
             if !valid_service_name(svc) {
@@ -417,6 +425,47 @@ fn validate(doc: &UserData) -> Result<(), DocumentError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `berth.fleet`: at least one etcd URL, each `http://` or `https://`
+/// with a host, absolute paths for the files, a lease of at least 5 s (as
+/// the manifest's `[fleet]` requires).
+fn check_fleet(f: &berth_hostapi::fleet::FleetConfig) -> Result<(), DocumentError> {
+    if f.etcd.is_empty() {
+        return Err(invalid(
+            "berth.fleet.etcd: name at least one etcd URL".into(),
+        ));
+    }
+    for url in &f.etcd {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or("");
+        if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
+            return Err(invalid(format!(
+                "berth.fleet.etcd: {url:?} is not an http:// or https:// URL of an etcd client endpoint"
+            )));
+        }
+    }
+    for (key, file) in [
+        ("ca_file", &f.ca_file),
+        ("cert_file", &f.cert_file),
+        ("key_file", &f.key_file),
+        ("password_file", &f.password_file),
+    ] {
+        if let Some(file) = file.as_deref().filter(|p| !p.starts_with('/')) {
+            return Err(invalid(format!(
+                "berth.fleet.{key}: {file:?} is not an absolute path"
+            )));
+        }
+    }
+    if f.lease_ttl_secs < 5 {
+        return Err(invalid(format!(
+            "berth.fleet.lease_ttl_secs: {} is under 5 seconds",
+            f.lease_ttl_secs
+        )));
     }
     Ok(())
 }

@@ -349,6 +349,16 @@ pub fn document(
             d.put(&p, text.into_bytes(), 0o600, (0, 0))?;
             applied.service_env.push(svc.clone());
         }
+        if let Some(f) = &b.fleet {
+            let p = path(berth_hostapi::fleet::FLEET_CONFIG_PATH)?;
+            let mut json = serde_json::to_vec_pretty(f)
+                .map_err(|e| std::io::Error::other(format!("writing the fleet settings: {e}")))?;
+            json.push(b'\n');
+            d.put(&p, json, 0o644, (0, 0))?;
+            applied
+                .files
+                .push(berth_hostapi::fleet::FLEET_CONFIG_PATH.to_string());
+        }
         if let Some(w) = b.update.as_ref().and_then(|u| u.wariness) {
             let p = path(berth_hostapi::update::WARINESS_PATH)?;
             d.put(&p, format!("{w}\n").into_bytes(), 0o644, (0, 0))?;

@@ -602,3 +602,36 @@ fn a_wariness_outside_zero_to_one_skips_the_document() {
     assert!(matches!(run(r).unwrap(), Outcome::Skipped(_)));
     assert!(!r.join("etc/berth/wariness").exists());
 }
+
+#[test]
+fn fleet_settings_are_written_for_the_registry_and_bad_ones_skip_the_document() {
+    let t = host();
+    let r = t.path();
+    give(
+        r,
+        "#cloud-config\nberth:\n  fleet:\n    etcd: [\"https://10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\n    ca_file: /etc/berth/etcd-ca.pem\n    lease_ttl_secs: 20\n",
+    );
+    assert!(matches!(run(r).unwrap(), Outcome::Applied(_)));
+    let written = berth_hostapi::fleet::effective(r, None).unwrap().unwrap();
+    assert_eq!(
+        written.etcd,
+        ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    );
+    assert_eq!(written.ca_file.as_deref(), Some("/etc/berth/etcd-ca.pem"));
+    assert_eq!(written.lease_ttl_secs, 20);
+
+    for bad in [
+        "    etcd: []\n",
+        "    etcd: [\"10.0.0.1:2379\"]\n",
+        "    etcd: [\"http://\"]\n",
+        "    etcd: [\"http://a:2379\"]\n    ca_file: etcd-ca.pem\n",
+        "    etcd: [\"http://a:2379\"]\n    lease_ttl_secs: 1\n",
+        "    etcd: [\"http://a:2379\"]\n    endpoints: [x]\n",
+    ] {
+        let t = host();
+        let r = t.path();
+        give(r, &format!("#cloud-config\nberth:\n  fleet:\n{bad}"));
+        assert!(matches!(run(r).unwrap(), Outcome::Skipped(_)), "{bad}");
+        assert!(!r.join("etc/berth/fleet.json").exists(), "{bad}");
+    }
+}
