@@ -108,18 +108,7 @@ fn locks(client: berth_fleet::etcd::Client, opts: &FleetOpts) -> anyhow::Result<
         .with_context(|| format!("reading the FleetLock groups from {}", opts.etcd.join(", ")))?;
     let now = registry::unix_now();
     if opts.json {
-        let list: Vec<serde_json::Value> = groups
-            .iter()
-            .map(|g| {
-                serde_json::json!({
-                    "group": g.group,
-                    "slots": g.slots,
-                    "holders": g.holders.iter().map(|h| serde_json::json!({"id": h.id, "since": h.since})).collect::<Vec<_>>(),
-                    "mod_revision": g.mod_revision,
-                })
-            })
-            .collect();
-        return Ok(serde_json::to_string_pretty(&serde_json::json!({ "groups": list }))? + "\n");
+        return Ok(serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))? + "\n");
     }
     if groups.is_empty() {
         return Ok("no FleetLock groups in etcd yet\n".into());
