@@ -44,6 +44,24 @@ pub fn find() -> anyhow::Result<HostBinaries> {
     Ok(HostBinaries { init, berthctl })
 }
 
+/// `berth-fleetlock`, which `[fleet-lock-server]` images carry:
+/// `$BERTH_FLEETLOCK`, else next to the `berth` executable (where
+/// `scripts/build` and an install put it).
+pub fn find_fleetlock() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let beside = exe.with_file_name("berth-fleetlock");
+    pick("BERTH_FLEETLOCK", std::slice::from_ref(&beside), |p| {
+        p.is_file()
+    })
+    .ok_or_else(|| {
+        InputError(format!(
+            "[fleet-lock-server] needs berth-fleetlock (looked at $BERTH_FLEETLOCK and {}): run scripts/build",
+            beside.display()
+        ))
+        .into()
+    })
+}
+
 fn pick(env: &str, candidates: &[PathBuf], ok: impl Fn(&Path) -> bool) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
         return Some(PathBuf::from(p));

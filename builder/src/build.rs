@@ -23,7 +23,9 @@ use crate::packages::{Cache, PackageRequest, PackagesError};
 use crate::progress::Progress;
 use crate::rootfs::{self, fsutil, overlay};
 use crate::signing::{KeyOrigin, Signer};
-use crate::{binaries, commit, container, host_config, ids, initramfs, signing, uki};
+use crate::{
+    binaries, commit, container, fleet_lock_server, host_config, ids, initramfs, signing, uki,
+};
 
 /// What `berth build` is asked to do (the command line maps its flags
 /// onto this; `crate::cli` documents each one).
@@ -129,6 +131,8 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let timestamp = build_timestamp()?;
     // [secure-boot]'s key files are inputs: checked before any work.
     let secure_boot = uki::prepare(&m)?;
+    // So is [fleet-lock-server]'s configuration file.
+    let lock_server = fleet_lock_server::prepare(&m)?;
     let bins = binaries::find()?;
     let req = PackageRequest::from_manifest(&m);
     let cache = Cache::new(opts.cache_dir.clone().unwrap_or_else(Cache::default_root));
@@ -150,8 +154,11 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         ));
     }
     let containers = container::prepare_all(&m, &cache)?;
-    let container_services: Vec<_> = containers.iter().map(|c| c.service.clone()).collect();
-    let host = host_config::from_manifest(&m, &container_services);
+    let mut built_services: Vec<_> = containers.iter().map(|c| c.service.clone()).collect();
+    if let Some(l) = &lock_server {
+        built_services.push(l.service(m.fleet.is_some()));
+    }
+    let host = host_config::from_manifest(&m, &built_services);
     let kver = base.info.kernel_version.clone();
 
     progress.stage("assemble", "writing Berth's files");
@@ -177,6 +184,9 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     }
     for c in &containers {
         container::write_bundle(&overlay_dir, c)?;
+    }
+    if let Some(l) = &lock_server {
+        fleet_lock_server::write(&overlay_dir, l)?;
     }
 
     progress.stage("initramfs", "packing berth-init and the root's modules");

@@ -6,8 +6,9 @@ use berth_hostapi::update::Strategy;
 
 use crate::manifest::Manifest;
 
-/// The host configuration of an image built from `m`, whose containers
-/// run as `containers` (services made by the container module). The
+/// The host configuration of an image built from `m`, with `containers`
+/// the services the build made beside the manifest's own (its containers,
+/// the lock server), in that order. The
 /// update agent comes last, and only when the policy is not manual: a
 /// manual host has no agent to run.
 pub fn from_manifest(m: &Manifest, containers: &[Service]) -> HostConfig {

@@ -15,6 +15,7 @@ pub mod container;
 pub mod disk;
 pub mod error;
 pub mod fleet;
+pub mod fleet_lock_server;
 pub mod host_config;
 pub mod ids;
 pub mod initramfs;

@@ -15,6 +15,11 @@ pub const FLEET_CONFIG_PATH: &str = "/etc/berth/fleet.json";
 /// The name of the registry's service, as `berthctl services` shows it.
 pub const REGISTRY_SERVICE: &str = "fleet-registry";
 
+/// The name of the FleetLock server's service on a host built with
+/// `[fleet-lock-server]`, and the name it is announced under in the
+/// registry when the host also has `[fleet]`.
+pub const LOCK_SERVER_SERVICE: &str = "fleet-lock";
+
 /// The lease TTL when none is given, in seconds.
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 30;
 

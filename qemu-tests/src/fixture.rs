@@ -57,6 +57,17 @@ fn key_files(manifest: &Path, berth: &Path) -> Vec<PathBuf> {
             .into_iter()
             .chain([dir.join("berthctl")]),
     );
+    // A lock server's image also carries berth-fleetlock and its file.
+    if let Ok(m) = berth::manifest::Manifest::load(manifest) {
+        if let Some(lock) = &m.fleet_lock_server {
+            files.push(m.base_dir().join(&lock.config.value));
+            files.extend(
+                from_env("BERTH_FLEETLOCK")
+                    .into_iter()
+                    .chain([dir.join("berth-fleetlock")]),
+            );
+        }
+    }
     files.retain(|f| f.is_file());
     files.dedup();
     files
@@ -213,6 +224,17 @@ mod tests {
         let files = key_files(&manifest, &berth);
         assert!(files.contains(&manifest) && files.contains(&berth));
         assert!(files.contains(&dir.path().join("release/berthctl")));
+        // A lock server's configuration file counts too.
+        std::fs::write(
+            &manifest,
+            "name = \"m\"\nversion = \"1\"\n[fleet-lock-server]\nconfig = \"lock.toml\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("lock.toml"), "x").unwrap();
+        std::fs::write(dir.path().join("release/berth-fleetlock"), "srv").unwrap();
+        let files = key_files(&manifest, &berth);
+        assert!(files.contains(&dir.path().join("lock.toml")), "{files:?}");
+        assert!(files.contains(&dir.path().join("release/berth-fleetlock")));
         assert!(files.iter().all(|f| f.is_file()));
     }
 }

@@ -7,10 +7,10 @@ use toml::Spanned;
 
 use berth_hostapi::fleet::{DEFAULT_LEASE_TTL_SECS, FleetConfig, REGISTRY_SERVICE};
 
-use super::ManifestError;
-use super::schema::RawFleet;
+use super::schema::{RawFleet, RawFleetLockServer};
 use super::units::parse_duration_ms;
 use super::validate::Checker;
+use super::{FleetLockServer, ManifestError};
 
 /// The shortest `lease-ttl`: renewals go every third of it, and a slow
 /// request or two must fit in between.
@@ -98,4 +98,22 @@ pub(super) fn name_clash(c: &Checker, at: &str, span: &std::ops::Range<usize>) -
             "\"{REGISTRY_SERVICE}\" is the fleet registry's service when [fleet] is set: choose another name"
         ),
     )
+}
+
+/// The checked `[fleet-lock-server]` table: a non-empty path (the build
+/// reads the file, crate::fleet_lock_server).
+pub(super) fn lock_server(
+    c: &Checker,
+    raw: RawFleetLockServer,
+) -> Result<FleetLockServer, ManifestError> {
+    if raw.config.get_ref().trim().is_empty() {
+        return Err(c.err(
+            "fleet-lock-server.config",
+            &raw.config.span(),
+            "must not be empty (the lock server's configuration file, relative to the manifest)",
+        ));
+    }
+    Ok(FleetLockServer {
+        config: c.located("fleet-lock-server.config", raw.config).map_path(),
+    })
 }

@@ -97,6 +97,19 @@ pub struct Manifest {
     pub secure_boot: Option<SecureBoot>,
     /// `[fleet]`: the etcd cluster the host registers in.
     pub fleet: Option<berth_hostapi::fleet::FleetConfig>,
+    /// `[fleet-lock-server]`: the host serves FleetLock reboot slots.
+    pub fleet_lock_server: Option<FleetLockServer>,
+}
+
+/// `[fleet-lock-server]`: run Berth's FleetLock server (`berth-fleetlock`)
+/// on the host, with a configuration file (relative to the manifest) in
+/// the lock server's own format, which the build reads and checks
+/// (crate::fleet_lock_server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLockServer {
+    /// The lock server's TOML configuration (`[service]`, `[etcd3]`,
+    /// `[[lock.groups]]`, as `berth-fleetlock --config` reads it).
+    pub config: Located<PathBuf>,
 }
 
 /// `[secure-boot]`: sign a unified kernel image and systemd-boot with a db

@@ -37,6 +37,15 @@ pub struct RawManifest {
     pub secure_boot: Option<RawSecureBoot>,
     #[serde(default)]
     pub fleet: Option<RawFleet>,
+    #[serde(default)]
+    pub fleet_lock_server: Option<RawFleetLockServer>,
+}
+
+/// `[fleet-lock-server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFleetLockServer {
+    pub config: Spanned<String>,
 }
 
 /// `[fleet]`.

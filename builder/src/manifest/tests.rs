@@ -837,3 +837,39 @@ fn fleet_etcd_lease_ttl_and_announce() {
     );
     assert!(e.message.contains("fleet registry"), "{e}");
 }
+
+#[test]
+fn fleet_lock_server_takes_a_config_path_and_its_service_name() {
+    let base = "name = \"x\"\nversion = \"1\"\n";
+    let m = parse(&format!(
+        "{base}[fleet-lock-server]\nconfig = \"etcd/fleet-lock.toml\"\n"
+    ))
+    .unwrap();
+    let lock = m.fleet_lock_server.unwrap();
+    assert_eq!(lock.config.value, Path::new("etcd/fleet-lock.toml"));
+    assert_eq!(lock.config.key, "fleet-lock-server.config");
+    let e = err(&format!("{base}[fleet-lock-server]\nconfig = \" \"\n"));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("fleet-lock-server.config", Some((4, 10))),
+        "{e}"
+    );
+    let e = err(&format!("{base}[fleet-lock-server]\n"));
+    assert!(e.message.contains("config"), "{e}");
+    let e = err(&format!(
+        "{base}[fleet-lock-server]\nconfig = \"a\"\nport = 1\n"
+    ));
+    assert_eq!(e.key, "fleet-lock-server.port", "{e}");
+    // The lock server's name is taken only with the section.
+    let unit = "[[service]]\nname = \"fleet-lock\"\ncommand = [\"x\"]\n";
+    parse(&format!("{base}{unit}")).unwrap();
+    let e = err(&format!(
+        "{base}{unit}[fleet-lock-server]\nconfig = \"a\"\n"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("service[0].name", Some((4, 8))),
+        "{e}"
+    );
+    assert!(e.message.contains("lock server"), "{e}");
+}

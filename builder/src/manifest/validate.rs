@@ -194,6 +194,33 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         Some(s) => Some(super::secure_boot::check(c, s)?),
         None => None,
     };
+    let fleet_lock_server = match raw.fleet_lock_server {
+        Some(s) => {
+            let lock = super::fleet::lock_server(c, s)?;
+            let name = berth_hostapi::fleet::LOCK_SERVER_SERVICE;
+            let clash = services
+                .iter()
+                .position(|s| s.name == name)
+                .map(|i| ("service", i, name_spans.get(i)))
+                .or_else(|| {
+                    containers
+                        .iter()
+                        .position(|k| k.name == name)
+                        .map(|i| ("container", i, container_spans.get(i)))
+                });
+            if let Some((kind, i, span)) = clash {
+                return Err(c.err(
+                    &format!("{kind}[{i}].name"),
+                    &span.cloned().unwrap_or(0..0),
+                    format!(
+                        "\"{name}\" is the lock server's service when [fleet-lock-server] is set: choose another name"
+                    ),
+                ));
+            }
+            Some(lock)
+        }
+        None => None,
+    };
     Ok(Manifest {
         path: c.path.to_path_buf(),
         text: c.text.to_string(),
@@ -211,6 +238,7 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         ssh,
         secure_boot,
         fleet,
+        fleet_lock_server,
     })
 }
 
