@@ -1,7 +1,14 @@
 //! The fleet view: every live host in one line, a summary (hosts per
 //! version, groups halted by a failed update, hosts gone), and the
 //! announced services, built from one prefix read of each kind of key
-//! (hosts, seen, services), so it costs three requests for any fleet size.
+//! (hosts, seen, services, and the lock server's semaphores), so it costs
+//! four requests for any fleet size.
+//!
+//! Whether a host holds a reboot slot is what its agent says, checked
+//! against the lock server's key for its group when this etcd has one: an
+//! agent cannot learn that an operator released its slot (FleetLock has
+//! no read request), so after `berth fleet unlock` the key is right and
+//! the agent's word is stale.
 //!
 //! [`FleetView::build`] is pure (keys in, view out); [`FleetView::read`]
 //! does the reads. [`FleetView::text`] and serde's JSON are the two
@@ -107,6 +114,22 @@ pub struct FleetView {
     pub unreadable: Vec<String>,
 }
 
+/// The holders of each group whose semaphore key is in this etcd.
+type LockHolders = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+fn lock_holders(locks: &[KeyValue], bad: &mut Vec<String>) -> LockHolders {
+    let mut out = LockHolders::new();
+    for kv in locks {
+        match crate::lock::store::group_state(kv) {
+            Ok(g) => {
+                out.insert(g.group, g.holders.into_iter().map(|h| h.id).collect());
+            }
+            Err(e) => bad.push(format!("{}: {e}", kv.key_str())),
+        }
+    }
+    out
+}
+
 fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue, bad: &mut Vec<String>) -> Option<T> {
     match serde_json::from_slice(&kv.value) {
         Ok(v) => Some(v),
@@ -122,18 +145,31 @@ pub const DEFAULT_GROUP: &str = "default";
 
 impl FleetView {
     /// The view of these keys (values of `/berth/hosts/`,
-    /// `/berth/fleet/seen/` and `/berth/services/`) at time `now`.
+    /// `/berth/fleet/seen/`, `/berth/services/` and the lock server's
+    /// `/berth/fleet-lock/groups/`) at time `now`.
     pub fn build(
         hosts: &[KeyValue],
         seen: &[KeyValue],
         services: &[KeyValue],
+        locks: &[KeyValue],
         now: u64,
     ) -> FleetView {
         let mut unreadable = Vec::new();
+        let holders = lock_holders(locks, &mut unreadable);
         let mut live: Vec<HostRecord> = hosts
             .iter()
             .filter_map(|kv| decode(kv, &mut unreadable))
             .collect();
+        for h in &mut live {
+            let group = h.fleet_lock_group.as_deref().unwrap_or(DEFAULT_GROUP);
+            if let Some(ids) = holders.get(group) {
+                // Released by an operator, or never granted here.
+                if h.slot_held && !ids.contains(&h.id) {
+                    h.slot_held = false;
+                    h.slot_reason = None;
+                }
+            }
+        }
         live.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
         let live_ids: std::collections::BTreeSet<&str> =
             live.iter().map(|h| h.id.as_str()).collect();
@@ -205,14 +241,16 @@ impl FleetView {
         }
     }
 
-    /// Reads the registry (three prefix reads) and builds the view.
+    /// Reads the registry and the lock keys (four prefix reads) and
+    /// builds the view.
     pub fn read(client: &Client, now: u64) -> Result<FleetView, RegistryError> {
         let hosts = client.prefix(HOSTS_PREFIX.as_bytes())?;
         let seen = client.prefix(SEEN_PREFIX.as_bytes())?;
         let services = client.prefix(SERVICES_PREFIX.as_bytes())?;
+        let locks = client.prefix(crate::lock::store::KEY_PREFIX.as_bytes())?;
         Ok(FleetView {
             revision: hosts.revision,
-            ..FleetView::build(&hosts.kvs, &seen.kvs, &services.kvs, now)
+            ..FleetView::build(&hosts.kvs, &seen.kvs, &services.kvs, &locks.kvs, now)
         })
     }
 
@@ -406,10 +444,52 @@ mod tests {
     }
 
     #[test]
+    fn the_lock_key_overrules_an_agent_whose_slot_an_operator_released() {
+        let host = HostRecord {
+            id: "h1".into(),
+            slot_held: true,
+            slot_reason: Some("failed update to 3.0.0 (abc)".into()),
+            ..HostRecord::default()
+        };
+        let hosts = [kv("/berth/hosts/h1", &host)];
+        let lock = |ids: &[&str]| {
+            let holders: Vec<_> = ids
+                .iter()
+                .map(|id| serde_json::json!({"id": id, "since": 1}))
+                .collect();
+            kv(
+                "/berth/fleet-lock/groups/default",
+                &serde_json::json!({"slots": 1, "holders": holders}),
+            )
+        };
+        // Held, by the key's word too: halted.
+        let v = FleetView::build(&hosts, &[], &[], &[lock(&["h1"])], 10);
+        assert_eq!(v.summary.halted.len(), 1, "{v:?}");
+        assert!(v.hosts[0].slot_held);
+        // Released by an operator: the agent's word is stale.
+        let v = FleetView::build(&hosts, &[], &[], &[lock(&[])], 10);
+        assert!(v.summary.halted.is_empty(), "{v:?}");
+        assert!(!v.hosts[0].slot_held && v.hosts[0].slot_reason.is_none());
+        // A lock server on another etcd: only the agent's word.
+        let v = FleetView::build(&hosts, &[], &[], &[], 10);
+        assert_eq!(v.summary.halted.len(), 1);
+        // Another group's key says nothing about this host's.
+        let mut other = lock(&[]);
+        other.key = b"/berth/fleet-lock/groups/db".to_vec();
+        let v = FleetView::build(&hosts, &[], &[], &[other], 10);
+        assert_eq!(v.summary.halted.len(), 1);
+        // An undecodable key is reported, not fatal.
+        let mut bad = lock(&[]);
+        bad.value = b"{".to_vec();
+        let v = FleetView::build(&hosts, &[], &[], &[bad], 10);
+        assert_eq!((v.summary.halted.len(), v.unreadable.len()), (1, 1));
+    }
+
+    #[test]
     fn a_record_that_does_not_decode_is_reported_not_fatal() {
         let mut bad = kv("/berth/hosts/x", &1);
         bad.value = b"{not json".to_vec();
-        let v = FleetView::build(&[bad], &[], &[], 10);
+        let v = FleetView::build(&[bad], &[], &[], &[], 10);
         assert_eq!(v.hosts.len(), 0);
         assert_eq!(v.unreadable.len(), 1);
         assert!(

@@ -4,9 +4,9 @@
 //!
 //! One test, three guests (budgeted: the etcd host idles after its boot,
 //! the two fleet hosts have one vCPU each):
-//! - etcd runs on a Berth host built from `manifests/etcd.toml`; Berth's
-//!   lock server (`berth-fleetlock`, one slot) runs on this machine
-//!   against it; two hosts from the "fleet" image (`strategy =
+//! - etcd and Berth's lock server (`[fleet-lock-server]`, one slot, its
+//!   state in that etcd) run on a Berth host built from
+//!   `manifests/etcd.toml`; two hosts from the "fleet" image (`strategy =
 //!   "fleet-lock"`, `[fleet] etcd`) check for updates every 20 s.
 //! - v2: both hosts end on v2 and the lock's history in etcd shows one
 //!   holder at a time, the second grant after the first release; no slot
@@ -19,14 +19,15 @@
 //! - discovery: the web service both hosts announce is listed by
 //!   `berthctl discover` and leaves the list when it stops; a host whose
 //!   QEMU is killed leaves the registry within its lease (10 s) and the
-//!   fleet view names it gone; `berth fleet unlock` frees the slot.
+//!   fleet view names it gone; `berth fleet unlock` frees the slot; the
+//!   lock server's metrics count the grants and releases it answered.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth::run::PortForward;
-use berth_qemu_tests::fleet::{ETCD_PORT, LOCK_PORT, LockServer, fleet_json, fleet_text};
+use berth_qemu_tests::fleet::{ETCD_PORT, LOCK_PORT, fleet_json, fleet_text};
 use berth_qemu_tests::{
     Check, READY_TIMEOUT, SHELL_TIMEOUT, UpdateServer, Vm, VmOptions, free_port, image,
     skip_unless_qemu, wait_until,
@@ -144,16 +145,23 @@ fn discovered(vm: &mut Vm) -> BTreeSet<String> {
 fn a_fleet_reboots_one_host_at_a_time_halts_at_a_bad_release_and_keeps_a_live_registry() {
     skip_unless_qemu!();
     let started = Instant::now();
-    // etcd on a Berth host.
+    // etcd and the lock server on a Berth host.
     let etcd_image = image(Path::new("manifests/etcd.toml"));
     let etcd_port = free_port().unwrap();
+    let lock_port = free_port().unwrap();
     let mut etcd_vm = Vm::boot(
         &etcd_image,
         VmOptions {
-            publish: vec![PortForward {
-                host: etcd_port,
-                guest: ETCD_PORT,
-            }],
+            publish: vec![
+                PortForward {
+                    host: etcd_port,
+                    guest: ETCD_PORT,
+                },
+                PortForward {
+                    host: lock_port,
+                    guest: LOCK_PORT,
+                },
+            ],
             cpus: 1,
             memory_mib: 512,
             ..VmOptions::default()
@@ -170,10 +178,13 @@ fn a_fleet_reboots_one_host_at_a_time_halts_at_a_bad_release_and_keeps_a_live_re
         etcd_url.clone(),
     ]))
     .unwrap();
-    let lock = LockServer::start(&etcd_url, 1).unwrap();
+    // The host is ready only once both services are (etcd's health, the
+    // lock server listening); its lock server answers on the published port.
+    let health = berth_qemu_tests::http::get(lock_port, "/health", SHELL_TIMEOUT).unwrap();
+    assert_eq!(health.status, 200, "{health:?}");
 
-    let mut a = Vm::boot(&v1, host_options(&server, etcd_port, lock.port)).unwrap();
-    let mut b = Vm::boot(&v1, host_options(&server, etcd_port, lock.port)).unwrap();
+    let mut a = Vm::boot(&v1, host_options(&server, etcd_port, lock_port)).unwrap();
+    let mut b = Vm::boot(&v1, host_options(&server, etcd_port, lock_port)).unwrap();
     a.wait_for(READY_V1, READY_TIMEOUT).unwrap();
     b.wait_for(READY_V1, READY_TIMEOUT).unwrap();
     let (id_a, id_b) = (host_id(&mut a), host_id(&mut b));
@@ -426,10 +437,30 @@ fn a_fleet_reboots_one_host_at_a_time_halts_at_a_bad_release_and_keeps_a_live_re
     let locks = fleet_json(&etcd_url, &["locks"]).unwrap();
     assert!(!locks.to_string().contains(&first_id), "{locks}");
     assert_eq!(lock_history(&etcd).last().map(|(_, h)| h.len()), Some(0));
-    assert!(
-        lock.log_text().contains("pre-reboot"),
+    // The view reads the lock key: the group is no longer halted, though
+    // the agent (which cannot ask) still says it holds the slot.
+    let st = fleet_json(&etcd_url, &["status"]).unwrap();
+    assert_eq!(st["summary"]["halted"], serde_json::json!([]), "{st}");
+    assert_eq!(fleet_host(&st, &first_id)["slot_held"], false, "{st}");
+    // The lock server on the etcd host answered every grant (two for v2,
+    // one for v3) and release (two, after v2): its Prometheus counters.
+    let metrics = berth_qemu_tests::http::get(lock_port, "/metrics", SHELL_TIMEOUT).unwrap();
+    let count = |labels: &str| -> Option<u64> {
+        let prefix = format!("berth_fleetlock_requests_total{{{labels}}} ");
+        metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    assert_eq!(
+        (
+            count("endpoint=\"pre-reboot\",outcome=\"granted\""),
+            count("endpoint=\"steady-state\",outcome=\"released\"")
+        ),
+        (Some(3), Some(2)),
         "{}",
-        lock.log_text()
+        metrics.body
     );
     println!("done at {:.0}s", started.elapsed().as_secs_f64());
 }

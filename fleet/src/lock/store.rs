@@ -283,16 +283,16 @@ impl Store {
     /// `berth fleet locks`.
     pub fn groups(&self) -> Result<Vec<GroupState>, LockError> {
         let range = self.client.prefix(KEY_PREFIX.as_bytes())?;
-        range
-            .kvs
-            .iter()
-            .map(|kv| {
-                let key = kv.key_str();
-                let group = key.strip_prefix(KEY_PREFIX).unwrap_or(&key).to_string();
-                state(&group, kv)
-            })
-            .collect()
+        range.kvs.iter().map(group_state).collect()
     }
+}
+
+/// The semaphore a key under [`KEY_PREFIX`] holds, named after its key;
+/// for readers of a prefix read, such as the fleet view.
+pub fn group_state(kv: &KeyValue) -> Result<GroupState, LockError> {
+    let key = kv.key_str();
+    let group = key.strip_prefix(KEY_PREFIX).unwrap_or(&key).to_string();
+    state(&group, kv)
 }
 
 fn state(group: &str, kv: &KeyValue) -> Result<GroupState, LockError> {
