@@ -5,7 +5,6 @@
 //! program (`/usr/bin/berth-fleetlock`), the file (as `/etc`'s default,
 //! so an operator may edit it on the host) and a service that runs it.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -83,21 +82,13 @@ impl LockServerInputs {
 pub fn write(dir: &Path, inputs: &LockServerInputs) -> anyhow::Result<()> {
     let program = std::fs::read(&inputs.program)
         .with_context(|| format!("reading {}", inputs.program.display()))?;
-    for (rel, data, mode) in [
-        (PROGRAM_IN_TREE.to_string(), &program[..], 0o755),
-        (
-            LockServerInputs::config_in_tree(),
-            inputs.text.as_bytes(),
-            0o644,
-        ),
-    ] {
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
-    }
+    crate::rootfs::overlay::put(dir, PROGRAM_IN_TREE, &program, 0o755)?;
+    crate::rootfs::overlay::put(
+        dir,
+        &LockServerInputs::config_in_tree(),
+        inputs.text.as_bytes(),
+        0o644,
+    )?;
     Ok(())
 }
 

@@ -124,6 +124,23 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
             ));
         }
     }
+    // The key and span of the first service or container named `name`:
+    // the names Berth's own services take when their section is set.
+    let unit_named = |name: &str| -> Option<(String, std::ops::Range<usize>)> {
+        services
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| {
+                let span = name_spans.get(i).cloned().unwrap_or(0..0);
+                (format!("service[{i}].name"), span)
+            })
+            .or_else(|| {
+                containers.iter().position(|k| k.name == name).map(|i| {
+                    let span = container_spans.get(i).cloned().unwrap_or(0..0);
+                    (format!("container[{i}].name"), span)
+                })
+            })
+    };
     let update = match raw.update {
         Some(u) => Some(check_update(c, u)?),
         None => None,
@@ -132,21 +149,10 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         .as_ref()
         .is_some_and(|u| u.policy.strategy != Strategy::Manual)
     {
-        let agent = berth_hostapi::update::AGENT_SERVICE;
-        let clash = services
-            .iter()
-            .position(|s| s.name == agent)
-            .map(|i| ("service", i, name_spans.get(i)))
-            .or_else(|| {
-                containers
-                    .iter()
-                    .position(|k| k.name == agent)
-                    .map(|i| ("container", i, container_spans.get(i)))
-            });
-        if let Some((kind, i, span)) = clash {
+        if let Some((key, span)) = unit_named(berth_hostapi::update::AGENT_SERVICE) {
             return Err(c.err(
-                &format!("{kind}[{i}].name"),
-                &span.cloned().unwrap_or(0..0),
+                &key,
+                &span,
                 "\"update-agent\" is the update agent's service when [update] strategy is not \
                  \"manual\": choose another name",
             ));
@@ -171,23 +177,8 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         None => None,
     };
     if fleet.is_some() {
-        let registry = berth_hostapi::fleet::REGISTRY_SERVICE;
-        let clash = services
-            .iter()
-            .position(|s| s.name == registry)
-            .map(|i| ("service", i, name_spans.get(i)))
-            .or_else(|| {
-                containers
-                    .iter()
-                    .position(|k| k.name == registry)
-                    .map(|i| ("container", i, container_spans.get(i)))
-            });
-        if let Some((kind, i, span)) = clash {
-            return Err(super::fleet::name_clash(
-                c,
-                &format!("{kind}[{i}].name"),
-                &span.cloned().unwrap_or(0..0),
-            ));
+        if let Some((key, span)) = unit_named(berth_hostapi::fleet::REGISTRY_SERVICE) {
+            return Err(super::fleet::name_clash(c, &key, &span));
         }
     }
     let secure_boot = match raw.secure_boot {
@@ -198,20 +189,10 @@ fn build(c: &Checker, raw: RawManifest) -> Result<Manifest, ManifestError> {
         Some(s) => {
             let lock = super::fleet::lock_server(c, s)?;
             let name = berth_hostapi::fleet::LOCK_SERVER_SERVICE;
-            let clash = services
-                .iter()
-                .position(|s| s.name == name)
-                .map(|i| ("service", i, name_spans.get(i)))
-                .or_else(|| {
-                    containers
-                        .iter()
-                        .position(|k| k.name == name)
-                        .map(|i| ("container", i, container_spans.get(i)))
-                });
-            if let Some((kind, i, span)) = clash {
+            if let Some((key, span)) = unit_named(name) {
                 return Err(c.err(
-                    &format!("{kind}[{i}].name"),
-                    &span.cloned().unwrap_or(0..0),
+                    &key,
+                    &span,
                     format!(
                         "\"{name}\" is the lock server's service when [fleet-lock-server] is set: choose another name"
                     ),

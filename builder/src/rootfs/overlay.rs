@@ -67,6 +67,18 @@ pub fn passwd_and_group(users: &[String]) -> (String, String) {
     (passwd, group)
 }
 
+/// Writes `data` to `dir/rel` with `mode`, making its parents: one file
+/// of an overlay.
+pub fn put(dir: &Path, rel: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    let p = dir.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
 /// Writes the overlay into the empty directory `dir`.
 pub fn write(
     dir: &Path,
@@ -75,15 +87,7 @@ pub fn write(
     bins: &HostBinaries,
     packages: &[PackageVersion],
 ) -> anyhow::Result<()> {
-    let put = |rel: &str, data: &[u8], mode: u32| -> anyhow::Result<()> {
-        let p = dir.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
-        Ok(())
-    };
+    let put = |rel: &str, data: &[u8], mode: u32| put(dir, rel, data, mode);
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
 
     put("usr/lib/os-release", os_release(m).as_bytes(), 0o644)?;
