@@ -5,8 +5,6 @@
 //! and announced services under etcd leases, so what dies drops out.
 
 pub mod etcd;
-#[cfg(feature = "fixture")]
-pub mod fixture;
 pub mod lock;
 pub mod protocol;
 pub mod registry;

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use berth_etcd_fixture::{EtcdCluster, etcd_or_skip};
 use berth_fleet::etcd::{Compare, EtcdError, Op};
-use berth_fleet::fixture::{EtcdCluster, etcd_or_skip};
 
 #[test]
 fn reads_writes_and_compare_and_swap_on_one_member() {

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_etcd_fixture::{EtcdCluster, etcd_or_skip, free_port};
 use berth_fleet::etcd::Client;
-use berth_fleet::fixture::{EtcdCluster, etcd_or_skip, free_port};
 use berth_fleet::lock::{self, Config, GroupConfig, Semaphore, Server, group_key};
 use berth_fleet::protocol::{self, ErrorBody};
 

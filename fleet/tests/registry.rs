@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use berth_etcd_fixture::{EtcdCluster, etcd_or_skip};
 use berth_fleet::etcd::Client;
-use berth_fleet::fixture::{EtcdCluster, etcd_or_skip};
 use berth_fleet::registry::{
     self, HostRecord, Registrar, RegistrarConfig, Renewal, SeenRecord, ServiceRecord, discover,
     host_key, seen_key, service_key,

@@ -26,8 +26,8 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use berth_etcd_fixture::{EtcdCluster, etcd_binary, free_port};
 use berth_fleet::etcd::Client;
-use berth_fleet::fixture::{EtcdCluster, etcd_binary, free_port};
 use berth_fleet::lock::{Semaphore, group_key};
 use berth_fleet::registry::{HOSTS_PREFIX, unix_now};
 use berth_fleet::view::FleetView;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::etcd::{Client, EtcdConfig};
+use berth_fleet::etcd::{Client, EtcdConfig};
 
 /// The etcd binary: `$BERTH_ETCD`, else `/usr/bin/etcd`, if it exists.
 pub fn etcd_binary() -> Option<PathBuf> {
