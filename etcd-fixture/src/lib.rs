@@ -3,12 +3,17 @@
 //! free ports (never 2379, where the package's own daemon may listen), as
 //! one member or as a cluster whose members can be stopped and restarted.
 //!
+//! A cluster can also speak TLS to its clients and require their
+//! certificates ([`EtcdCluster::start_tls`], keys made with openssl), and
+//! have etcd's authentication on ([`EtcdCluster::enable_auth`], set up
+//! with Debian's etcdctl, not with Berth's client).
+//!
 //! A test that finds no etcd skips, unless `BERTH_REQUIRE_ETCD=1` or
 //! `BERTH_REQUIRE_QEMU=1` (what the README's test command sets) is in the
 //! environment: then it fails, so CI cannot pass without a real etcd.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,11 +74,169 @@ pub struct EtcdCluster {
     dir: tempfile::TempDir,
     token: String,
     members: Vec<Member>,
+    tls: Option<TlsFiles>,
+    /// The user and password file clients log in with, once auth is on.
+    credentials: Option<(String, PathBuf)>,
+}
+
+/// PEM files of a throwaway certificate authority, the certificate the
+/// members serve (for 127.0.0.1 and localhost), and one client
+/// certificate they accept.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate clients trust.
+    pub ca: PathBuf,
+    /// The CA's key, to issue more client certificates.
+    pub ca_key: PathBuf,
+    /// The members' certificate and key.
+    pub server_cert: PathBuf,
+    /// See `server_cert`.
+    pub server_key: PathBuf,
+    /// A client certificate signed by the CA, with no CommonName (see
+    /// [`TlsFiles::issue_client`]).
+    pub client_cert: PathBuf,
+    /// See `client_cert`.
+    pub client_key: PathBuf,
+}
+
+fn openssl(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("openssl").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+impl TlsFiles {
+    /// Makes a CA (P-256, valid two days), the members' certificate and a
+    /// client certificate in `dir`.
+    pub fn generate(dir: &Path) -> std::io::Result<TlsFiles> {
+        std::fs::create_dir_all(dir)?;
+        let p = |name: &str| dir.join(name);
+        let s = |path: &Path| path.to_string_lossy().into_owned();
+        let (ca, ca_key) = (p("ca.pem"), p("ca.key"));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth-test-ca",
+            "-keyout",
+            &s(&ca_key),
+            "-out",
+            &s(&ca),
+        ])?;
+        let mut files = TlsFiles {
+            ca,
+            ca_key,
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+            client_cert: PathBuf::new(),
+            client_key: PathBuf::new(),
+        };
+        files.issue(
+            "server",
+            "/CN=etcd",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )?;
+        let (cert, key) = files.issue_client("client", None)?;
+        files.client_cert = cert;
+        files.client_key = key;
+        Ok(files)
+    }
+
+    /// Issues a client certificate `<name>.pem` (and `<name>.key`) beside
+    /// the CA, with `common_name` as its CN or with no CN at all. etcd's
+    /// JSON gateway refuses every request that presents a certificate
+    /// with a CN while authentication is on (CVE-2018-16886, etcd#10366),
+    /// so a client that logs in with a password needs one without.
+    pub fn issue_client(
+        &self,
+        name: &str,
+        common_name: Option<&str>,
+    ) -> std::io::Result<(PathBuf, PathBuf)> {
+        let subject = match common_name {
+            Some(cn) => format!("/O=berth-fleet/CN={cn}"),
+            None => "/O=berth-fleet".to_string(),
+        };
+        self.issue(name, &subject, "extendedKeyUsage=clientAuth\n")
+    }
+
+    fn issue(
+        &self,
+        name: &str,
+        subject: &str,
+        extensions: &str,
+    ) -> std::io::Result<(PathBuf, PathBuf)> {
+        let dir = self.ca.parent().unwrap_or(Path::new("."));
+        let (cert, key, csr, ext) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+            dir.join(format!("{name}.csr")),
+            dir.join(format!("{name}.ext")),
+        );
+        let s = |path: &Path| path.to_string_lossy().into_owned();
+        std::fs::write(&ext, extensions)?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&self.ca),
+            "-CAkey",
+            &s(&self.ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &s(&ext),
+            "-out",
+            &s(&cert),
+        ])?;
+        Ok((cert, key))
+    }
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster answers writes.
-    pub fn start(binary: &std::path::Path, size: usize) -> std::io::Result<EtcdCluster> {
+    pub fn start(binary: &Path, size: usize) -> std::io::Result<EtcdCluster> {
+        Self::start_with(binary, size, false)
+    }
+
+    /// Starts `size` members that serve clients over TLS only and require
+    /// a client certificate signed by the cluster's own CA (peers stay on
+    /// plain HTTP: loopback, and not what the tests are about).
+    pub fn start_tls(binary: &Path, size: usize) -> std::io::Result<EtcdCluster> {
+        Self::start_with(binary, size, true)
+    }
+
+    fn start_with(binary: &Path, size: usize, tls: bool) -> std::io::Result<EtcdCluster> {
         let dir = tempfile::Builder::new().prefix("berth-etcd-").tempdir()?;
         let token = format!(
             "berth-test-{}-{}",
@@ -91,11 +254,18 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
+        let tls = if tls {
+            Some(TlsFiles::generate(&dir.path().join("tls"))?)
+        } else {
+            None
+        };
         let mut cluster = EtcdCluster {
             binary: binary.to_path_buf(),
             dir,
             token,
             members,
+            tls,
+            credentials: None,
         };
         for i in 0..size {
             cluster.spawn(i)?;
@@ -119,9 +289,20 @@ impl EtcdCluster {
         };
         let data = self.dir.path().join(&m.name);
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", m.name)))?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -160,17 +341,81 @@ impl EtcdCluster {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Every member's client URL, running or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect()
     }
 
-    /// A client configuration naming every member.
+    /// The TLS files of a cluster started with [`EtcdCluster::start_tls`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// A client configuration naming every member, with the CA and client
+    /// certificate of a TLS cluster and the user of one with auth on.
     pub fn config(&self) -> EtcdConfig {
-        EtcdConfig::with_endpoints(self.endpoints())
+        let mut config = EtcdConfig::with_endpoints(self.endpoints());
+        if let Some(tls) = &self.tls {
+            config.ca_file = Some(tls.ca.clone());
+            config.cert_file = Some(tls.client_cert.clone());
+            config.key_file = Some(tls.client_key.clone());
+        }
+        if let Some((user, file)) = &self.credentials {
+            config.username = Some(user.clone());
+            config.password_file = Some(file.clone());
+        }
+        config
+    }
+
+    /// Turns etcd's authentication on with Debian's etcdctl (next to the
+    /// etcd binary): a `root` user with `password` and the root role.
+    /// From then on [`EtcdCluster::config`] logs in as root with a
+    /// password file (0600) in the cluster's directory, whose path this
+    /// returns.
+    pub fn enable_auth(&mut self, password: &str) -> std::io::Result<PathBuf> {
+        let etcdctl = self.binary.with_file_name("etcdctl");
+        let mut base = vec![format!("--endpoints={}", self.endpoints().join(","))];
+        if let Some(tls) = &self.tls {
+            base.push(format!("--cacert={}", tls.ca.display()));
+            base.push(format!("--cert={}", tls.client_cert.display()));
+            base.push(format!("--key={}", tls.client_key.display()));
+        }
+        let steps: [&[&str]; 3] = [
+            &[
+                "user",
+                "add",
+                "root",
+                &format!("--new-user-password={password}"),
+            ],
+            &["user", "grant-role", "root", "root"],
+            &["auth", "enable"],
+        ];
+        for step in steps {
+            let out = Command::new(&etcdctl)
+                .env("ETCDCTL_API", "3")
+                .args(&base)
+                .args(step)
+                .output()?;
+            if !out.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "etcdctl {}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+        }
+        let file = self.dir.path().join("root.password");
+        std::fs::write(&file, format!("{password}\n"))?;
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        self.credentials = Some(("root".to_string(), file.clone()));
+        Ok(file)
     }
 
     /// A client for every member.

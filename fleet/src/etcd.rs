@@ -205,6 +205,23 @@ fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// A refusal the gateway wrote in plain text, with what to do about the
+/// one an operator meets when setting a cluster up: with authentication
+/// on, the gateway refuses any client certificate that has a CommonName
+/// (etcd's fix for CVE-2018-16886, etcd#10366).
+fn plain_refusal(status: u16, text: &str) -> String {
+    let text = text.trim();
+    let mut message = format!("{text:.200} (HTTP {status})");
+    if text.contains("CommonName") {
+        message.push_str(
+            ": etcd's JSON gateway takes no client certificate with a CommonName while \
+             authentication is on; issue the client a certificate without a CN, or use \
+             either certificates or a password, not both",
+        );
+    }
+    message
+}
+
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, EtcdError> {
     std::fs::read(path)
         .map_err(|e| EtcdError::Config(format!("cannot read the {what} {}: {e}", path.display())))
@@ -382,9 +399,21 @@ impl Client {
                         continue;
                     }
                     self.preferred.store(index, Ordering::Relaxed);
-                    let value: Value = serde_json::from_str(&text).map_err(|e| {
-                        EtcdError::Decode(format!("{endpoint}{path}: {e} in {text:.200}"))
-                    })?;
+                    let value: Value = match serde_json::from_str(&text) {
+                        Ok(v) => v,
+                        // The gateway answers some refusals in plain text.
+                        Err(_) if status >= 300 => {
+                            return Err(EtcdError::Refused {
+                                code: -1,
+                                message: plain_refusal(status, &text),
+                            });
+                        }
+                        Err(e) => {
+                            return Err(EtcdError::Decode(format!(
+                                "{endpoint}{path}: {e} in {text:.200}"
+                            )));
+                        }
+                    };
                     if status >= 300 {
                         let code = value.get("code").and_then(Value::as_i64).unwrap_or(-1);
                         return Err(EtcdError::Refused {

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use berth_etcd_fixture::{EtcdCluster, etcd_or_skip};
-use berth_fleet::etcd::{Compare, EtcdError, Op};
+use berth_etcd_fixture::{EtcdCluster, TlsFiles, etcd_or_skip};
+use berth_fleet::etcd::{Client, Compare, EtcdConfig, EtcdError, Op};
 
 #[test]
 fn reads_writes_and_compare_and_swap_on_one_member() {
@@ -120,4 +120,119 @@ fn a_three_member_cluster_works_with_one_down_and_fails_clearly_with_two() {
     let value = c.get(b"/q").unwrap().unwrap().value;
     assert!(value == b"2" || value == b"3", "{value:?}");
     c.put(b"/q", b"4", 0).unwrap();
+}
+
+/// What a `put` through a client with `config` gives, as text for asserts.
+fn put_with(config: &EtcdConfig) -> Result<i64, EtcdError> {
+    Client::new(config)?.put(b"/t/tls", b"v", 0)
+}
+
+#[test]
+fn over_tls_the_client_needs_the_ca_and_its_certificate_and_then_a_password() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let mut cluster = EtcdCluster::start_tls(&etcd, 1).unwrap();
+    let tls = cluster.tls().unwrap().clone();
+    let full = cluster.config();
+    assert!(full.endpoints.iter().all(|e| e.starts_with("https://")));
+    let c = cluster.client();
+    let rev = c.put(b"/t/tls", b"over tls", 0).unwrap();
+    assert_eq!(c.get(b"/t/tls").unwrap().unwrap().mod_revision, rev);
+
+    // Plain HTTP to a TLS member, no client certificate, or a CA the
+    // member's certificate is not from: nothing is written, and the error
+    // says which endpoint and why.
+    let plain = EtcdConfig::with_endpoints(
+        full.endpoints
+            .iter()
+            .map(|e| e.replacen("https://", "http://", 1)),
+    );
+    let no_cert = EtcdConfig {
+        cert_file: None,
+        key_file: None,
+        ..full.clone()
+    };
+    let other_ca_dir = tempfile::tempdir().unwrap();
+    let other_ca = TlsFiles::generate(other_ca_dir.path()).unwrap();
+    let wrong_ca = EtcdConfig {
+        ca_file: Some(other_ca.ca.clone()),
+        ..full.clone()
+    };
+    let web_roots = EtcdConfig {
+        ca_file: None,
+        ..full.clone()
+    };
+    for (what, config) in [
+        ("plain http", &plain),
+        ("no client certificate", &no_cert),
+        ("another CA", &wrong_ca),
+        ("the web roots", &web_roots),
+    ] {
+        let err = put_with(config).expect_err(what);
+        assert!(
+            err.to_string().contains("127.0.0.1:"),
+            "{what}: {err} does not name the endpoint"
+        );
+    }
+    // A certificate the cluster's CA did not sign is refused in the handshake.
+    let foreign = EtcdConfig {
+        cert_file: Some(other_ca.client_cert.clone()),
+        key_file: Some(other_ca.client_key.clone()),
+        ..full.clone()
+    };
+    assert!(put_with(&foreign).unwrap_err().is_unavailable());
+    // Half a client identity is a configuration error, before any request.
+    let half = EtcdConfig {
+        key_file: None,
+        ..full.clone()
+    };
+    assert!(matches!(Client::new(&half), Err(EtcdError::Config(_))));
+    assert_eq!(c.get(b"/t/tls").unwrap().unwrap().value, b"over tls");
+
+    // With authentication on, the certificate alone is not enough: the
+    // client logs in with the user's password from its file.
+    let password_file = cluster.enable_auth("a long test password").unwrap();
+    let no_user = full.clone();
+    match put_with(&no_user) {
+        Err(EtcdError::Refused { message, .. }) => {
+            assert!(message.contains("user name is empty"), "{message}")
+        }
+        other => panic!("no user on an auth cluster: {other:?}"),
+    }
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "not the password\n").unwrap();
+    let wrong_password = EtcdConfig {
+        username: Some("root".into()),
+        password_file: Some(wrong.path().to_path_buf()),
+        ..full.clone()
+    };
+    match put_with(&wrong_password) {
+        Err(EtcdError::Refused { message, .. }) => {
+            assert!(message.contains("invalid user ID or password"), "{message}")
+        }
+        other => panic!("wrong password: {other:?}"),
+    }
+    let logged_in = cluster.config();
+    assert_eq!(
+        logged_in.password_file.as_deref(),
+        Some(password_file.as_path())
+    );
+    let c = Client::new(&logged_in).unwrap();
+    let rev = c.put(b"/t/tls", b"as root", 0).unwrap();
+    assert_eq!(c.get(b"/t/tls").unwrap().unwrap().mod_revision, rev);
+
+    // etcd's gateway refuses a certificate with a CommonName while auth is
+    // on, even with the right password: the error says what to do.
+    let (cert, key) = tls.issue_client("named", Some("root")).unwrap();
+    let named = EtcdConfig {
+        cert_file: Some(cert),
+        key_file: Some(key),
+        ..logged_in.clone()
+    };
+    match put_with(&named) {
+        Err(EtcdError::Refused { message, .. }) => {
+            assert!(message.contains("certificate without a CN"), "{message}")
+        }
+        other => panic!("a certificate with a CN under auth: {other:?}"),
+    }
+    assert_eq!(c.get(b"/t/tls").unwrap().unwrap().value, b"as root");
 }

@@ -410,7 +410,13 @@ struct Replica {
 }
 
 impl Replica {
+    /// Starts the binary and waits until `/health` says etcd answers.
     fn start(config: &Path, port: u16) -> Replica {
+        Self::start_until(config, port, |a| a.status == 200)
+    }
+
+    /// Starts the binary and waits until `/health` answers as `ready` says.
+    fn start_until(config: &Path, port: u16, ready: impl Fn(&Answer) -> bool) -> Replica {
         let child = Command::new(env!("CARGO_BIN_EXE_berth-fleetlock"))
             .arg("--config")
             .arg(config)
@@ -422,7 +428,7 @@ impl Replica {
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let start = Instant::now();
-        while !request(addr, "GET", "/health", &[], b"").is_ok_and(|a| a.status == 200) {
+        while !request(addr, "GET", "/health", &[], b"").is_ok_and(|a| ready(&a)) {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "no replica on {addr}"
@@ -688,4 +694,62 @@ fn slots_follow_the_configuration_and_operators_can_list_and_release() {
     assert_eq!(holder_ids(&c, "web"), ["c"]);
     check_history(&c, "web", 2);
     shrunk.shutdown();
+}
+
+#[test]
+fn the_binary_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let mut cluster = EtcdCluster::start_tls(&etcd, 1).unwrap();
+    let password_file = cluster.enable_auth("fleet lock test password").unwrap();
+    let tls = cluster.tls().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    // The [etcd3] section as an operator writes it (airlock's keys).
+    let write = |name: &str, password_file: &Path| {
+        let path = dir.path().join(name);
+        let endpoints: Vec<String> = cluster
+            .endpoints()
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        std::fs::write(
+            &path,
+            format!(
+                "[etcd3]\nendpoints = [{}]\nca-file = {:?}\ncert-file = {:?}\nkey-file = {:?}\n\
+                 username = \"root\"\npassword-file = {:?}\ntimeout-ms = 2000\n\
+                 [[lock.groups]]\nname = \"default\"\nslots = 1\n",
+                endpoints.join(", "),
+                tls.ca,
+                tls.client_cert,
+                tls.client_key,
+                password_file,
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = Replica::start(&write("good.toml", &password_file), free_port());
+    let c = cluster.client();
+    assert_eq!(lock(good.addr, "host-a", "default").status, 200);
+    assert_eq!(holder_ids(&c, "default"), ["host-a"]);
+    let full = lock(good.addr, "host-b", "default");
+    assert_eq!((full.status, full.kind().as_str()), (409, "semaphore_full"));
+    assert_eq!(unlock(good.addr, "host-a", "default").status, 200);
+    assert!(holder_ids(&c, "default").is_empty());
+
+    // A replica with the wrong password grants nothing, and says why.
+    let wrong = dir.path().join("wrong.password");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let bad = Replica::start_until(&write("bad.toml", &wrong), free_port(), |a| a.status != 200);
+    let refused = lock(bad.addr, "host-b", "default");
+    assert!(refused.status >= 500, "{refused:?}");
+    assert!(
+        refused
+            .error()
+            .value
+            .contains("invalid user ID or password"),
+        "{refused:?}"
+    );
+    assert!(holder_ids(&c, "default").is_empty());
+    let history = check_history(&c, "default", 1);
+    assert_eq!(history.into_iter().collect::<Vec<_>>(), ["host-a"]);
 }
