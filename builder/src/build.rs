@@ -211,22 +211,29 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     std::fs::write(&initramfs_path, &image)
         .with_context(|| format!("writing {}", initramfs_path.display()))?;
 
+    let kargs_line = image_kargs(&m).render_image_file();
+    let uki_image = uki::Image {
+        name: &m.name,
+        version: &m.version,
+        timestamp,
+        kver: &kver,
+        kargs: &kargs_line,
+    };
+    let tree = uki::Tree {
+        base: &base.dir,
+        overlay: &overlay_dir,
+    };
+    let tree_id = uki::write_tree_id(tree, &uki_image)?;
     let uki = match &secure_boot {
         Some(inputs) => {
             progress.stage("uki", "signing the unified kernel image");
-            let kargs = image_kargs(&m).render_image_file();
-            let image = uki::Image {
-                name: &m.name,
-                version: &m.version,
-                timestamp,
-                kver: &kver,
-                kargs: &kargs,
-            };
-            let tree = uki::Tree {
-                base: &base.dir,
-                overlay: &overlay_dir,
-            };
-            Some(uki::write(inputs, tree, &image, &work.path.join("uki"))?)
+            Some(uki::write(
+                inputs,
+                tree,
+                &uki_image,
+                &tree_id,
+                &work.path.join("uki"),
+            )?)
         }
         None => None,
     };
@@ -273,7 +280,9 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
     let layout = disk_layout(&m, &committed.checksum, timestamp);
     let sysroot_dir = work.path.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
-    let kargs = image_kargs(&m).with_root_partuuid(&layout.ids.root_part_guid.to_string());
+    // No root=: stage 1 finds the root partition as the Discoverable
+    // Partitions Specification says, signed image or not.
+    let kargs = image_kargs(&m);
     let gpg_key = signer.as_ref().map(|_| berth_hostapi::UPDATE_KEY_PATH);
     let deployment = berth_sysroot::install::install(
         &sysroot_dir,

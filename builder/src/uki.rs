@@ -1,8 +1,12 @@
-//! The Secure Boot part of `berth build` (`[secure-boot]` in the
-//! manifest): after the initramfs is written and before the commit, it
-//! adds to the overlay
+//! The tree id of every image, and the Secure Boot part of `berth build`
+//! (`[secure-boot]` in the manifest). After the initramfs is written and
+//! before the commit, it adds to the overlay
 //!
-//! - the **tree id** ([`contract::TREE_ID_PATH`]), which names this tree;
+//! - the **tree id** ([`contract::TREE_ID_PATH`]), which names this tree
+//!   (every image: its boot entries name the deployment by it);
+//!
+//! and, with `[secure-boot]`,
+//!
 //! - a signed **unified kernel image** (UKI, [`contract::UKI_NAME`] next to
 //!   the kernel): the tree's systemd stub with `.osrel`, `.cmdline`
 //!   (the image's kernel arguments and `berth.tree=<tree id>`), `.uname`,
@@ -344,31 +348,42 @@ pub struct Image<'a> {
     pub kargs: &'a str,
 }
 
-/// Writes the tree id, the signed UKI, the signed systemd-boot and the
-/// enrollment files into `tree`'s overlay; `scratch` holds the unsigned
-/// intermediates.
-pub fn write(
-    inputs: &Inputs,
-    tree: Tree,
-    image: &Image,
-    scratch: &Path,
-) -> anyhow::Result<UkiReport> {
+/// Writes the tree id of `image` into `tree`'s overlay and returns it.
+/// Every image has one, signed or not: its boot entries name the
+/// deployment by it (the boot contract in `berth_sysroot::contract`).
+pub fn write_tree_id(tree: Tree, image: &Image) -> anyhow::Result<String> {
     let modules = format!("usr/lib/modules/{}", image.kver);
     let vmlinuz = tree.file(&format!("{modules}/vmlinuz"));
     let initramfs = tree.file(&format!("{modules}/initramfs.img"));
-    let kargs = image.kargs.trim();
     let id = tree_id(&TreeIdInputs {
         name: image.name,
         version: image.version,
         timestamp: image.timestamp,
         vmlinuz_sha256: &sha256_file(&vmlinuz)?,
         initramfs_sha256: &sha256_file(&initramfs)?,
-        kargs,
+        kargs: image.kargs.trim(),
     });
     write_file(
         &tree.put(contract::TREE_ID_PATH)?,
         format!("{id}\n").as_bytes(),
     )?;
+    Ok(id)
+}
+
+/// Writes the signed UKI (whose command line names tree `id`, from
+/// [`write_tree_id`]), the signed systemd-boot and the enrollment files
+/// into `tree`'s overlay; `scratch` holds the unsigned intermediates.
+pub fn write(
+    inputs: &Inputs,
+    tree: Tree,
+    image: &Image,
+    id: &str,
+    scratch: &Path,
+) -> anyhow::Result<UkiReport> {
+    let modules = format!("usr/lib/modules/{}", image.kver);
+    let vmlinuz = tree.file(&format!("{modules}/vmlinuz"));
+    let initramfs = tree.file(&format!("{modules}/initramfs.img"));
+    let kargs = image.kargs.trim();
 
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let cmdline = scratch.join("cmdline");
@@ -434,7 +449,7 @@ pub fn write(
         .with_context(|| format!("reading {}", uki.display()))?
         .len();
     Ok(UkiReport {
-        tree_id: id,
+        tree_id: id.to_string(),
         size,
         enroll: inputs.enroll,
         enroll_keys: inputs.enroll_keys.is_some(),

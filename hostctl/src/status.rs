@@ -187,6 +187,7 @@ mod tests {
             initramfs: PathBuf::new(),
             booted,
             refspec: None,
+            tree_id: None,
         }
     }
 

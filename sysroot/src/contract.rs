@@ -77,14 +77,6 @@ impl Kargs {
         Kargs { root, image }
     }
 
-    /// These image arguments on the partition with this PARTUUID.
-    pub fn with_root_partuuid(self, partuuid: &str) -> Kargs {
-        Kargs {
-            root: vec![format!("root=PARTUUID={partuuid}")],
-            ..self
-        }
-    }
-
     /// These image arguments on the root of `other` (a deployment's
     /// arguments: an upgrade keeps the booted one's root).
     pub fn with_root_of(self, other: &Kargs) -> Kargs {
@@ -121,11 +113,33 @@ pub fn without_ostree(options: &str) -> Vec<String> {
 }
 
 /// The kernel command line of a deployment's boot entry: its arguments,
-/// then `ostree=` naming its stable path.
+/// then what names its deployment. One rule for every image, signed or
+/// not: `berth.tree=<id>` (stage 1 finds the root partition itself, as the
+/// Discoverable Partitions Specification says, and in it the deployment
+/// whose tree has that id), which is also what a signed unified image's
+/// own command line says. Only a tree built before trees had ids gets
+/// libostree's `ostree=<stable path>`.
 pub fn entry_options(d: &DeploymentInfo) -> String {
     let mut args = d.kargs.clone();
-    args.push(format!("{OSTREE_KARG}{}", d.stable_path()));
+    match &d.tree_id {
+        Some(id) => args.push(format!("{TREE_KARG}{id}")),
+        None => args.push(format!("{OSTREE_KARG}{}", d.stable_path())),
+    }
     args.join(" ")
+}
+
+/// Whether `id` is a tree id: 32 lower-case hex characters (berth-init's
+/// stage 1 holds the same rule).
+pub fn is_tree_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The tree id of the deployment or OS tree at `dir` ([`TREE_ID_PATH`]),
+/// when it has a well-formed one.
+pub fn read_tree_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(TREE_ID_PATH.trim_start_matches('/'))).ok()?;
+    let id = text.lines().next()?.trim();
+    is_tree_id(id).then(|| id.to_string())
 }
 
 /// Deploys `commit` into Berth's stateroot as the new default, with
@@ -562,6 +576,7 @@ mod tests {
             )),
             booted: false,
             refspec: None,
+            tree_id: None,
         }
     }
 
@@ -589,11 +604,53 @@ mod tests {
         assert_eq!(plan.entries[0].entry.sort_key, "berth-000");
         assert_eq!(plan.entries[1].entry.sort_key, "berth-001");
         assert!(plan.entries[0].entry.sort_key < plan.entries[1].entry.sort_key);
+        // A tree built before trees had ids keeps libostree's path.
         assert_eq!(
             plan.entries[1].entry.options,
             "root=PARTUUID=p ostree=/ostree/deploy/berth/deploy/aaaa.0"
         );
         assert_eq!(plan.entries[1].entry.linux, "/berth/aaaa.0/vmlinuz");
+    }
+
+    #[test]
+    fn an_entry_names_its_tree_by_id_and_no_partition() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let mut d = dep("bbbb", "2");
+        d.kargs = Kargs::for_image(&["quiet".into()]).to_vec();
+        d.tree_id = Some(id.into());
+        let plan = plan(Path::new("/s"), &[d]);
+        assert_eq!(
+            plan.entries[0].entry.options,
+            format!("rw console=tty0 console=ttyS0,115200 panic=10 quiet berth.tree={id}")
+        );
+        // A host upgraded from an image that named its root keeps it.
+        let mut d = dep("cccc", "3");
+        d.tree_id = Some(id.into());
+        assert_eq!(
+            entry_options(&d),
+            format!("root=PARTUUID=p berth.tree={id}")
+        );
+    }
+
+    #[test]
+    fn a_tree_id_is_read_only_when_well_formed() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(read_tree_id(t.path()), None);
+        let file = t.path().join(TREE_ID_PATH.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        for (text, id) in [
+            (
+                "0123456789abcdef0123456789abcdef\n",
+                Some("0123456789abcdef0123456789abcdef"),
+            ),
+            ("0123456789ABCDEF0123456789abcdef\n", None),
+            ("0123456789abcdef\n", None),
+            ("0123456789abcdef0123456789abcdef x\n", None),
+            ("", None),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(read_tree_id(t.path()).as_deref(), id, "{text:?}");
+        }
     }
 
     #[test]
@@ -633,16 +690,16 @@ mod tests {
     }
 
     #[test]
-    fn an_image_has_berths_arguments_then_the_manifests_on_its_root() {
+    fn an_image_has_berths_arguments_then_the_manifests() {
         let k = Kargs::for_image(&["quiet".into(), "berth.x=1".into()]);
         assert_eq!(
             k.render_image_file(),
             "rw console=tty0 console=ttyS0,115200 panic=10 quiet berth.x=1\n"
         );
+        // No root=: stage 1 finds the root partition itself.
         assert_eq!(
-            k.clone().with_root_partuuid("0b1c").to_vec(),
+            k.to_vec(),
             [
-                "root=PARTUUID=0b1c",
                 "rw",
                 "console=tty0",
                 "console=ttyS0,115200",

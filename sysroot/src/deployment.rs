@@ -36,6 +36,9 @@ pub struct DeploymentInfo {
     pub booted: bool,
     /// The origin's refspec, e.g. `berth:berth/minimal/x86_64`.
     pub refspec: Option<String>,
+    /// The tree's id ([`crate::contract::TREE_ID_PATH`]), which its boot
+    /// entry names; `None` for a tree built before every image had one.
+    pub tree_id: Option<String>,
 }
 
 impl DeploymentInfo {
@@ -102,6 +105,7 @@ pub fn describe(
             .origin()
             .and_then(|o| o.string("origin", "refspec").ok())
             .map(|s| s.to_string()),
+        tree_id: None,
     };
     if let Some(options) = d.bootconfig().and_then(|b| b.get("options")) {
         info.kargs = crate::contract::without_ostree(&options);
@@ -111,6 +115,7 @@ pub fn describe(
     info.version = os_release_value(&os_release, "VERSION_ID").unwrap_or_default();
     info.pretty_name =
         os_release_value(&os_release, "PRETTY_NAME").unwrap_or_else(|| "Berth".into());
+    info.tree_id = crate::contract::read_tree_id(&dir);
     let (kernel, initramfs) = kernel_files(&dir)?;
     info.kernel = info.dir().join(kernel);
     info.initramfs = info.dir().join(initramfs);
@@ -164,6 +169,7 @@ mod tests {
             initramfs: PathBuf::new(),
             booted: false,
             refspec: None,
+            tree_id: None,
         }
     }
 

@@ -270,7 +270,8 @@ fn a_signed_uki_from_the_real_stub_has_its_sections_in_order() {
         kver: "6.1.0-test",
         kargs: "rw console=ttyS0,115200\n",
     };
-    let report = write(&inputs, tree, &image, &tmp.path().join("scratch")).unwrap();
+    let id = write_tree_id(tree, &image).unwrap();
+    let report = write(&inputs, tree, &image, &id, &tmp.path().join("scratch")).unwrap();
 
     let uki = overlay
         .join("usr/lib/modules/6.1.0-test")

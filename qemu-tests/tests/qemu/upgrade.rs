@@ -66,15 +66,25 @@ fn upgrade_keeps_var_and_etc_then_rollback_brings_v1_back() {
     .unwrap();
     let os = vm.sh("grep VERSION_ID /usr/lib/os-release");
     assert_eq!(os.trim(), "VERSION_ID=2.0.0");
-    // The kernel arguments are v2's own on the disk's root partition.
+    // The kernel arguments are v2's own; neither names the partition or
+    // the deployment's path: stage 1 found the root by its partition type
+    // and the deployment by the tree id, v2's now.
     let v2_cmdline = vm.sh("cat /proc/cmdline");
-    let root = |c: &str| {
+    let tree = |c: &str| {
         c.split_whitespace()
-            .find(|a| a.starts_with("root="))
+            .find_map(|a| a.strip_prefix("berth.tree="))
             .map(String::from)
     };
-    assert!(root(&v1_cmdline).is_some(), "{v1_cmdline}");
-    assert_eq!(root(&v2_cmdline), root(&v1_cmdline), "{v2_cmdline}");
+    for c in [&v1_cmdline, &v2_cmdline] {
+        assert!(!c.contains("root=") && !c.contains("ostree="), "{c}");
+    }
+    let v2_tree = vm.sh("cat /usr/lib/berth/tree-id");
+    assert_eq!(
+        tree(&v2_cmdline).as_deref(),
+        Some(v2_tree.trim()),
+        "{v2_cmdline}"
+    );
+    assert_ne!(tree(&v1_cmdline), tree(&v2_cmdline), "{v1_cmdline}");
     assert!(
         !v1_cmdline.contains("berth.root_timeout=31"),
         "{v1_cmdline}"
