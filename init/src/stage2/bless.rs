@@ -1,7 +1,8 @@
 //! Boot counting (systemd-boot Automatic Boot Assessment), the host side:
 //! read `LoaderBootCountPath` from efivarfs and, once the host is ready,
 //! rename the boot entry on the ESP to drop its `+LEFT[-DONE]` counter
-//! ("blessing"), as systemd-bless-boot does.
+//! ("blessing"), as systemd-bless-boot does. The path is believed only
+//! when it names the entry the loader says it booted.
 
 use std::path::{Path, PathBuf};
 
@@ -60,12 +61,60 @@ pub struct Trial {
     pub counted: Counted,
 }
 
-/// Whether this boot is on trial, from efivarfs.
-pub fn trial(efivars: &Path) -> Option<Trial> {
-    let entry = boot_count_path(efivars)?;
-    let name = entry.rsplit('/').next()?;
-    let counted = parse_counted(name)?;
-    Some(Trial { entry, counted })
+/// What the loader's variables say of this boot's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootCount {
+    /// The entry is not counted (blessed, or no boot counting).
+    Uncounted,
+    /// The loader counted this entry this boot.
+    Trial(Trial),
+    /// `LoaderBootCountPath` names another entry than the one the loader
+    /// booted. systemd-boot sets it only when it starts a counted entry
+    /// and never clears it, and the variable is volatile only across a
+    /// reset: when the firmware refuses an image (Secure Boot) systemd-boot
+    /// returns to the firmware, which starts systemd-boot again from its
+    /// next boot option, and that run may boot a blessed entry. The path
+    /// then still names the refused one, which must not be blessed.
+    Stale {
+        /// The counted entry the variable names.
+        counted: String,
+        /// The entry the loader booted (`LoaderEntrySelected`).
+        selected: String,
+    },
+}
+
+/// A boot entry's name without its counter, in lower case (systemd-boot
+/// lower-cases the id it reports): `berth-2+2-1.conf` and `berth-2+3.conf`
+/// are both `berth-2.conf`.
+fn entry_base(name: &str) -> String {
+    parse_counted(name)
+        .map_or_else(|| name.to_string(), |c| c.blessed)
+        .to_ascii_lowercase()
+}
+
+/// Whether this boot is on trial, from efivarfs: `LoaderBootCountPath`,
+/// checked against `LoaderEntrySelected` when the loader set it
+/// (systemd-boot 252 reports the entry's name as it was before this
+/// boot's rename, `+3` where the path says `+2-1`).
+pub fn boot_count(efivars: &Path) -> BootCount {
+    let Some(entry) = boot_count_path(efivars) else {
+        return BootCount::Uncounted;
+    };
+    let name = entry.rsplit('/').next().unwrap_or(&entry).to_string();
+    let Some(counted) = parse_counted(&name) else {
+        return BootCount::Uncounted;
+    };
+    if let Some(selected) = read_efivar(efivars, "LoaderEntrySelected", LOADER_GUID)
+        .map(|d| utf16le(&d))
+        .filter(|s| !s.is_empty())
+        && entry_base(&selected) != entry_base(&name)
+    {
+        return BootCount::Stale {
+            counted: entry,
+            selected,
+        };
+    }
+    BootCount::Trial(Trial { entry, counted })
 }
 
 /// Why blessing failed.
@@ -152,10 +201,12 @@ mod tests {
         let esp = tmp.path().join("efi");
         fs::create_dir_all(&efivars)?;
         fs::create_dir_all(esp.join("loader/entries"))?;
-        assert_eq!(trial(&efivars), None);
+        assert_eq!(boot_count(&efivars), BootCount::Uncounted);
         efivar(&efivars, "\\loader\\entries\\berth-2+2-1.conf")?;
         fs::write(esp.join("loader/entries/berth-2+2-1.conf"), "title x\n")?;
-        let t = trial(&efivars).ok_or("no trial")?;
+        let BootCount::Trial(t) = boot_count(&efivars) else {
+            return Err("no trial".into());
+        };
         assert_eq!(t.entry, "loader/entries/berth-2+2-1.conf");
         let new = bless(&esp, &t)?;
         assert_eq!(new, Some(esp.join("loader/entries/berth-2.conf")));
@@ -166,6 +217,37 @@ mod tests {
         assert!(!esp.join("loader/entries/berth-2+2-1.conf").exists());
         // A second time there is nothing to rename.
         assert_eq!(bless(&esp, &t)?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_count_path_left_by_a_refused_image_is_not_a_trial()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let efivars = tmp.path().join("efivars");
+        fs::create_dir_all(&efivars)?;
+        let selected =
+            |v: &str| crate::efivars::tests::write_efivar(&efivars, "LoaderEntrySelected", v);
+        efivar(&efivars, "\\loader\\entries\\berth-3+2-1.conf")?;
+        // systemd-boot 252 names the entry as it was before the rename.
+        selected("berth-3+3.conf")?;
+        assert!(matches!(boot_count(&efivars), BootCount::Trial(t) if t.counted.left == 2));
+        // A later loader that reports the id without its counter.
+        selected("berth-3.conf")?;
+        assert!(matches!(boot_count(&efivars), BootCount::Trial(_)));
+        // The firmware refused berth-3's image; systemd-boot, started again
+        // from the next boot option, booted the blessed berth-2.
+        selected("berth-2.conf")?;
+        assert_eq!(
+            boot_count(&efivars),
+            BootCount::Stale {
+                counted: "loader/entries/berth-3+2-1.conf".into(),
+                selected: "berth-2.conf".into()
+            }
+        );
+        // An uncounted path is no trial either.
+        efivar(&efivars, "\\loader\\entries\\berth-2.conf")?;
+        assert_eq!(boot_count(&efivars), BootCount::Uncounted);
         Ok(())
     }
 }

@@ -478,7 +478,16 @@ fn bring_up(sys: &dyn Sys, cmdline: &mut Cmdline) -> Result<Supervisor, Stage2Er
     }
     let dhcp = unless_configured(&config, network::configure(&config.network));
 
-    let trial = bless::trial(Path::new(crate::efivars::EFIVARS_DIR));
+    let trial = match bless::boot_count(Path::new(crate::efivars::EFIVARS_DIR)) {
+        bless::BootCount::Trial(t) => Some(t),
+        bless::BootCount::Uncounted => None,
+        bless::BootCount::Stale { counted, selected } => {
+            crate::say!(
+                "boot loader booted {selected}, not {counted} (left from a start the firmware refused): not on trial"
+            );
+            None
+        }
+    };
     let ready_deadline = trial.as_ref().map(|t| {
         let ms = match config.ready_deadline_ms {
             0 => DEFAULT_READY_DEADLINE,
