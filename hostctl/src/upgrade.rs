@@ -155,6 +155,7 @@ pub fn run(root: &Path, opts: &UpgradeOpts) -> anyhow::Result<(Outcome, ExitCode
         println!("berthctl: {version} ({}) is available", short(&new));
         return Ok((Outcome::Available(new, version), ExitCode::SUCCESS));
     }
+    refuse_unsigned_under_secure_boot(root, &repo, &new, &version)?;
     if let Some(d) = deployed {
         let on_trial = finish_deployment(&host, &d, opts.force)?;
         println!(
@@ -315,6 +316,70 @@ fn finish_deployment(
     Ok(entries
         .get(&d.id())
         .is_some_and(|n| n.assessment() == berth_sysroot::bls::Assessment::Trial))
+}
+
+/// On a host whose firmware enforces Secure Boot, refuses `commit` when its
+/// tree has no signed unified kernel image: its entry would name a plain
+/// kernel the firmware refuses, so the host would spend its tries on it and
+/// fall back. Said before anything is deployed, with what to do. (Whether
+/// the image is signed by a key in db only the firmware can tell; a host
+/// holds no certificate to check it against.)
+fn refuse_unsigned_under_secure_boot(
+    root: &Path,
+    repo: &ostree::Repo,
+    commit: &str,
+    version: &str,
+) -> anyhow::Result<()> {
+    let efivars = root.join(berth_sysroot::efivars::EFIVARS.trim_start_matches('/'));
+    if crate::firmware::read(root, &efivars).state != "enforcing" {
+        return Ok(());
+    }
+    if commit_has_unified_image(repo, commit)? {
+        return Ok(());
+    }
+    bail!(
+        "this host boots with Secure Boot enforcing, and {version} ({}) has no signed unified \
+         kernel image (usr/lib/modules/<kernel>/{}): the firmware would refuse to boot it; \
+         build that version with [secure-boot] and publish it again",
+        short(commit),
+        berth_sysroot::contract::UKI_NAME
+    )
+}
+
+/// Whether `commit`'s tree has a unified kernel image beside a kernel:
+/// `usr/lib/modules/<kver>/berth.efi`, a regular file.
+fn commit_has_unified_image(repo: &ostree::Repo, commit: &str) -> anyhow::Result<bool> {
+    let none = gio::Cancellable::NONE;
+    let (tree, _) = repo
+        .read_commit(commit, none)
+        .context("reading the new commit")?;
+    let modules = tree.resolve_relative_path("usr/lib/modules");
+    if modules.query_file_type(gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS, none)
+        != gio::FileType::Directory
+    {
+        return Ok(false);
+    }
+    let Ok(children) = modules.enumerate_children(
+        "standard::name,standard::type",
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        none,
+    ) else {
+        return Ok(false);
+    };
+    for info in children {
+        let info = info.context("listing usr/lib/modules in the new commit")?;
+        if info.file_type() != gio::FileType::Directory {
+            continue;
+        }
+        let uki = modules
+            .child(info.name())
+            .child(berth_sysroot::contract::UKI_NAME);
+        let kind = uki.query_file_type(gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS, none);
+        if kind == gio::FileType::Regular {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The kernel arguments of a new deployment of `commit`: the booted
@@ -489,6 +554,94 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("[update] url")
+        );
+    }
+
+    /// A bare repository at `dir` with one commit of `files` (path, bytes).
+    fn repo_with(dir: &Path, files: &[(&str, &[u8])]) -> (ostree::Repo, String) {
+        let tree = dir.join("tree");
+        for (path, bytes) in files {
+            let p = tree.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        std::fs::create_dir_all(&tree).unwrap();
+        let repo_path = dir.join("repo");
+        let repo = ostree::Repo::new_for_path(&repo_path);
+        repo.create(ostree::RepoMode::BareUser, gio::Cancellable::NONE)
+            .unwrap();
+        let out = std::process::Command::new("ostree")
+            .arg("commit")
+            .arg("--repo")
+            .arg(&repo_path)
+            .args(["--branch", "t", "--tree"])
+            .arg(format!("dir={}", tree.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let commit = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        (repo, commit)
+    }
+
+    #[test]
+    fn a_unified_image_is_looked_for_beside_each_kernel() {
+        type Files<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: [(Files, bool); 4] = [
+            (&[("usr/lib/modules/6.1.0-9-amd64/berth.efi", b"MZ")], true),
+            (&[("usr/lib/modules/6.1.0-9-amd64/vmlinuz", b"MZ")], false),
+            // In the wrong place, or a folder where the file should be.
+            (&[("usr/lib/modules/berth.efi", b"MZ")], false),
+            (&[("usr/lib/modules/6.1/berth.efi/x", b"MZ")], false),
+        ];
+        for (files, expected) in cases {
+            let t = tempfile::tempdir().unwrap();
+            let (repo, commit) = repo_with(t.path(), files);
+            assert_eq!(
+                commit_has_unified_image(&repo, &commit).unwrap(),
+                expected,
+                "{files:?}"
+            );
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (repo, commit) = repo_with(t.path(), &[("etc/os-release", b"ID=x\n")]);
+        assert!(!commit_has_unified_image(&repo, &commit).unwrap());
+    }
+
+    #[test]
+    fn a_secure_boot_host_refuses_a_commit_without_a_signed_image() {
+        let t = tempfile::tempdir().unwrap();
+        let (plain_repo, plain) = repo_with(
+            &t.path().join("plain"),
+            &[("usr/lib/modules/6.1/vmlinuz", b"MZ")],
+        );
+        let (signed_repo, signed) = repo_with(
+            &t.path().join("signed"),
+            &[("usr/lib/modules/6.1/berth.efi", b"MZ")],
+        );
+        let root = t.path().join("root");
+        let efivars = root.join(berth_sysroot::efivars::EFIVARS.trim_start_matches('/'));
+        std::fs::create_dir_all(&efivars).unwrap();
+        let secure_boot = |on: u8| {
+            std::fs::write(
+                efivars.join("SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"),
+                [6, 0, 0, 0, on],
+            )
+            .unwrap()
+        };
+        // Without the variable (no UEFI) and with Secure Boot off, anything goes.
+        refuse_unsigned_under_secure_boot(&root, &plain_repo, &plain, "3.0.0").unwrap();
+        secure_boot(0);
+        refuse_unsigned_under_secure_boot(&root, &plain_repo, &plain, "3.0.0").unwrap();
+        secure_boot(1);
+        refuse_unsigned_under_secure_boot(&root, &signed_repo, &signed, "3.0.0").unwrap();
+        let err = refuse_unsigned_under_secure_boot(&root, &plain_repo, &plain, "3.0.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Secure Boot enforcing, and 3.0.0 (")
+                && err.contains("no signed unified kernel image")
+                && err.contains("[secure-boot]"),
+            "{err}"
         );
     }
 

@@ -12,7 +12,11 @@
 //! 3. a v3 whose image on the ESP was tampered with (one byte changed),
 //!    stripped of its signature, or signed by another key: the firmware
 //!    refuses each, the tries run out, and the host comes back on v2 by
-//!    itself.
+//!    itself;
+//! 4. a version built without `[secure-boot]`: the host refuses to deploy
+//!    it (the firmware would refuse its kernel);
+//! 5. a signed v4 whose kernel panics: accepted by the firmware, it fails
+//!    its three tries and the host comes back on v2 by itself.
 //!
 //! An image without `[secure-boot]` boots as before: every other test.
 
@@ -22,7 +26,9 @@ use std::time::Duration;
 
 use berth_qemu_tests::command::{run, run_text};
 use berth_qemu_tests::vm::deployment_with_role as role;
-use berth_qemu_tests::{READY_TIMEOUT, UpdateServer, Vm, VmOptions, image, skip_unless_qemu};
+use berth_qemu_tests::{
+    Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, image, skip_unless_qemu, wait_until,
+};
 
 /// A pull and deploy under TCG, with the ESP write.
 const UPGRADE: Duration = Duration::from_secs(300);
@@ -247,9 +253,118 @@ fn a_secure_boot_host_enrolls_its_keys_boots_verified_upgrades_and_refuses_tampe
         .filter(|l| l.contains("Error loading") || l.contains("BdsDxe: loading"))
         .collect();
     println!("the boot that refused v3:\n{}", refused.join("\n"));
+    // systemd-boot left LoaderBootCountPath naming the last refused entry
+    // (it sets it only for a counted entry, and the firmware did not reset
+    // between its starts). v2's entry is already blessed: this boot is no
+    // trial, and nothing refused may be blessed.
+    let fallback = console
+        .rsplit("berthctl reboot")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        fallback.contains("boot loader booted berth-") && fallback.contains("not on trial"),
+        "{fallback}"
+    );
+    assert!(!fallback.contains("is on trial"), "{fallback}");
+    assert!(!fallback.contains("boot is good: blessed"), "{fallback}");
+    // boot-check records v3 as failed and writes the ESP from the plan:
+    // v3's entry and the two stray ones go, v2's stays.
+    let ready_v2 = "berth-init: ready image=secure-boot version=2.0.0";
+    wait_until(
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        "boot-check to finish after the fallback",
+        || {
+            let c = vm.console_text();
+            let after = c.rsplit(ready_v2).next().unwrap_or_default().to_string();
+            Ok(if after.contains("berth-init: boot-check: exited") {
+                Check::Done(())
+            } else {
+                Check::NotYet(after)
+            })
+        },
+    )
+    .unwrap();
     let entries = vm.sh(&format!("ls {ESP}/loader/entries/"));
-    assert!(entries.contains("+0-"), "{entries}");
+    let names: Vec<&str> = entries.split_whitespace().collect();
+    assert!(
+        names.len() == 1 && names[0].contains(v2_commit.as_str()) && !names[0].contains('+'),
+        "{entries}"
+    );
     let st = vm.status_json();
+    assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
+    assert_eq!(st["secure_boot"]["state"], "enforcing", "{st}");
+    assert!(
+        st["failed_commits"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|c| c == v3_commit.as_str())),
+        "{st}"
+    );
+
+    // 4. A version built without [secure-boot]: the host refuses to
+    // deploy it, before anything reaches the ESP.
+    let entries_before = vm.sh(&format!("ls {ESP}/loader/entries/"));
+    let built = server
+        .publish(Path::new("qemu-tests/manifests/secure-boot-unsigned.toml"))
+        .unwrap();
+    let unsigned_commit = berth_qemu_tests::updates::built_commit(&built).unwrap();
+    let (code, out) = vm.run_shell("berthctl upgrade", UPGRADE).unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Secure Boot enforcing, and 3.5.0 (")
+            && out.contains("no signed unified kernel image"),
+        "{out}"
+    );
+    assert_eq!(vm.sh(&format!("ls {ESP}/loader/entries/")), entries_before);
+    let st = vm.status_json();
+    let deployed = st["deployments"].as_array().unwrap();
+    assert!(
+        deployed
+            .iter()
+            .all(|d| d["commit"] != unsigned_commit.as_str()),
+        "{st}"
+    );
+
+    // 5. A signed v4 whose kernel panics: the firmware accepts it, it
+    // fails three times, and the host comes back on v2 by itself, with
+    // Secure Boot on, as without it.
+    let built = server
+        .publish(Path::new("qemu-tests/manifests/secure-boot-v4-panic.toml"))
+        .unwrap();
+    let v4_commit = berth_qemu_tests::updates::built_commit(&built).unwrap();
+    vm.send_line("berthctl upgrade --reboot").unwrap();
+    vm.wait_for("deployed 4.0.0", UPGRADE).unwrap();
+    vm.wait_for(
+        "berth-init: ready image=secure-boot version=2.0.0",
+        Duration::from_secs(900),
+    )
+    .unwrap();
+    let console = vm.console_text();
+    let v4_boots = console.split("deployed 4.0.0").nth(1).unwrap_or_default();
+    assert_eq!(
+        v4_boots.matches("Kernel panic").count(),
+        3,
+        "v4 was expected to panic once per try:\n{v4_boots}"
+    );
+    assert!(!v4_boots.contains("Access Denied"), "{v4_boots}");
+    let st = wait_until(
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        &format!("boot-check to record {v4_commit} as failed"),
+        || {
+            let st = vm.status_json();
+            let failed = st["failed_commits"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|c| c == v4_commit.as_str()));
+            Ok(if failed {
+                Check::Done(st)
+            } else {
+                Check::NotYet(st.to_string())
+            })
+        },
+    )
+    .unwrap();
     assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
     assert_eq!(st["secure_boot"]["state"], "enforcing", "{st}");
 }
