@@ -405,7 +405,10 @@ impl Client {
                         Err(_) if status >= 300 => {
                             return Err(EtcdError::Refused {
                                 code: -1,
-                                message: plain_refusal(status, &text),
+                                message: format!(
+                                    "{endpoint}{path}: {}",
+                                    plain_refusal(status, &text)
+                                ),
                             });
                         }
                         Err(e) => {
@@ -418,7 +421,10 @@ impl Client {
                         let code = value.get("code").and_then(Value::as_i64).unwrap_or(-1);
                         return Err(EtcdError::Refused {
                             code,
-                            message: format!("{} (HTTP {status})", error_message(&text)),
+                            message: format!(
+                                "{endpoint}{path}: {} (HTTP {status})",
+                                error_message(&text)
+                            ),
                         });
                     }
                     return Ok(value);

@@ -207,7 +207,12 @@ fn over_tls_the_client_needs_the_ca_and_its_certificate_and_then_a_password() {
     };
     match put_with(&wrong_password) {
         Err(EtcdError::Refused { message, .. }) => {
-            assert!(message.contains("invalid user ID or password"), "{message}")
+            assert!(message.contains("invalid user ID or password"), "{message}");
+            // Which member said it, and to what.
+            assert!(
+                message.starts_with(&format!("{}/v3/", full.endpoints[0])),
+                "{message}"
+            );
         }
         other => panic!("wrong password: {other:?}"),
     }
@@ -230,7 +235,11 @@ fn over_tls_the_client_needs_the_ca_and_its_certificate_and_then_a_password() {
     };
     match put_with(&named) {
         Err(EtcdError::Refused { message, .. }) => {
-            assert!(message.contains("certificate without a CN"), "{message}")
+            assert!(message.contains("certificate without a CN"), "{message}");
+            assert!(
+                message.starts_with(&format!("{}/v3/", full.endpoints[0])),
+                "{message}"
+            );
         }
         other => panic!("a certificate with a CN under auth: {other:?}"),
     }
