@@ -38,8 +38,12 @@ fn minimal_image_boots_to_ready() {
     let order = [
         "EFI stub: Loaded initrd",
         "Linux version 6.1",
-        "berth-init: waiting up to",
+        // No root= on the command line: the root partition by its type,
+        // the deployment by its tree id.
+        "berth-init: no root=: waiting up to",
+        "berth-init: root: /dev/vda2, the x86-64 root partition",
         "berth-init: mounted /dev/vda2 on /sysroot",
+        "(berth.tree=)",
         "berth-init: booting deployment /sysroot/ostree/deploy/berth/deploy/",
         "berth-init: stage 2",
         "berth-init: ready image=minimal version=1.0.0",
