@@ -224,7 +224,7 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         overlay: &overlay_dir,
     };
     let tree_id = uki::write_tree_id(tree, &uki_image)?;
-    let uki = match &secure_boot {
+    let mut uki = match &secure_boot {
         Some(inputs) => {
             progress.stage("uki", "signing the unified kernel image");
             Some(uki::write(
@@ -259,6 +259,9 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         })
         .collect();
     let subject = format!("{} {}", m.name, m.version);
+    // A rebuild whose only news is the tree id keeps the parent. A signed
+    // build always differs (sbsign's signatures do), so it makes a commit.
+    let id_files = [berth_sysroot::contract::TREE_ID_PATH.to_string()];
     let committed = commit::commit(&commit::CommitSpec {
         repo: &repo_path,
         ostree_ref: &ostree_ref,
@@ -271,6 +274,7 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         version: &m.version,
         subject: &subject,
         timestamp,
+        id_files: &id_files,
     })?;
     if let Some(s) = &signer {
         commit::sign(&repo_path, &committed, s)?;
@@ -296,6 +300,11 @@ pub fn build(opts: &BuildOpts, progress: &mut Progress) -> anyhow::Result<BuildO
         },
     )?;
     normalize_times(&sysroot_dir, timestamp).context("stamping the sysroot's times")?;
+    // An unchanged build deployed its parent, whose image names the
+    // parent's tree id: the summary says that one.
+    if let (Some(u), Some(id)) = (uki.as_mut(), &deployment.tree_id) {
+        u.tree_id.clone_from(id);
+    }
     let plan = contract::plan(&sysroot_dir, std::slice::from_ref(&deployment));
     // The first install is known good: no entry on trial.
     let esp_files = contract::esp_files(&plan, None, &Default::default()).in_write_order();

@@ -77,6 +77,12 @@ pub struct CommitSpec<'a> {
     /// parent's if it is not later, since hosts refuse a commit that is
     /// not newer than the one they run.
     pub timestamp: u64,
+    /// Paths in the tree (from its root) of files that may differ from
+    /// the parent's without making a new version: the tree id, which
+    /// includes the build time, so that a rebuild of the same inputs
+    /// keeps the parent (see [`CommitResult::unchanged`]). A signed image
+    /// does not belong here: its signature may be by another key.
+    pub id_files: &'a [String],
 }
 
 /// A directory that does not change between builds (it lives in the
@@ -159,10 +165,12 @@ pub fn commit(spec: &CommitSpec) -> anyhow::Result<CommitResult> {
     let root = root
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow::anyhow!("libostree returned a root that is not a RepoFile"))?;
-    if let Some(parent) = parent
-        .as_deref()
-        .filter(|p| same_tree_and_version(&repo, p, &root, spec.version))
-    {
+    let unchanged = match parent.as_deref() {
+        Some(p) if same_tree_and_version(&repo, p, &root, spec.version) => Some(p),
+        Some(p) if same_but_for_the_id(&repo, &mtree, p, spec.id_files, spec.version)? => Some(p),
+        _ => None,
+    };
+    if let Some(parent) = unchanged {
         repo.abort_transaction(none)
             .context("ending the OSTree transaction")?;
         let (grandparent, timestamp) = repo
@@ -334,6 +342,75 @@ fn same_tree_and_version(
             .flatten()
     });
     same_tree && previous_version.as_deref() == Some(version)
+}
+
+/// Whether `mtree` is `parent`'s tree at the same version but for the
+/// files in `id_files`: a rebuild of the same inputs, whose only news is
+/// a new tree id (it includes the build time). Compares by putting the
+/// parent's objects in place of those files, then puts the new ones back.
+/// A parent without one of the files is not the same.
+fn same_but_for_the_id(
+    repo: &ostree::Repo,
+    mtree: &ostree::MutableTree,
+    parent: &str,
+    id_files: &[String],
+    version: &str,
+) -> anyhow::Result<bool> {
+    let none = gio::Cancellable::NONE;
+    if id_files.is_empty() {
+        return Ok(false);
+    }
+    let Ok((file, _)) = repo.read_commit(parent, none) else {
+        return Ok(false);
+    };
+    let mut swapped: Vec<(ostree::MutableTree, String, String)> = Vec::new();
+    let mut comparable = true;
+    for path in id_files {
+        let path = path.trim_start_matches('/');
+        let old = file.resolve_relative_path(path);
+        if old.query_file_type(gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS, none)
+            != gio::FileType::Regular
+        {
+            comparable = false;
+            break;
+        }
+        let Ok(old) = old.downcast::<ostree::RepoFile>() else {
+            comparable = false;
+            break;
+        };
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        // Down by lookup, which loads a directory still held as a
+        // checksum (the cached base's); `MutableTree::walk` does not.
+        let mut at = Some(mtree.clone());
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            at = at
+                .and_then(|d| d.lookup(part).ok())
+                .and_then(|(_, sub)| sub);
+        }
+        let Some(dir) = at else {
+            comparable = false;
+            break;
+        };
+        let Ok((Some(new), _)) = dir.lookup(name) else {
+            comparable = false;
+            break;
+        };
+        dir.replace_file(name, &old.checksum())
+            .context("comparing the tree with its parent's")?;
+        swapped.push((dir, name.to_string(), new.to_string()));
+    }
+    let same = comparable && {
+        let root = repo
+            .write_mtree(mtree, none)
+            .context("writing the commit's trees")?;
+        root.downcast::<ostree::RepoFile>()
+            .is_ok_and(|r| same_tree_and_version(repo, parent, &r, version))
+    };
+    for (dir, name, new) in swapped {
+        dir.replace_file(&name, &new)
+            .context("restoring the tree id after comparing")?;
+    }
+    Ok(same)
 }
 
 /// The tree checksums (contents, metadata) of a cached directory in

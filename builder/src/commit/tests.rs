@@ -3,7 +3,7 @@
 //! makes of what was published: signed, bound to its ref, newer than
 //! what runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::signing;
@@ -60,6 +60,7 @@ impl Fixture {
             subject: "test",
             // The same time for every build, as with SOURCE_DATE_EPOCH.
             timestamp: 1_700_000_000,
+            id_files: &[],
         }
     }
 
@@ -137,6 +138,101 @@ fn an_unchanged_build_keeps_the_commit_and_a_change_makes_a_child() {
     assert!(kept.unchanged);
     assert_eq!(kept.checksum, renamed.checksum);
     assert_eq!(kept.parent.as_deref(), Some(changed.checksum.as_str()));
+}
+
+/// `path` in `commit`'s tree, as `ostree cat` prints it.
+fn cat(repo: &Path, commit: &str, path: &str) -> String {
+    let out = std::process::Command::new("ostree")
+        .arg("cat")
+        .arg(format!("--repo={}", repo.display()))
+        .args([commit, path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_rebuild_that_differs_only_in_its_tree_id_keeps_the_commit() {
+    let f = Fixture::new();
+    let ids = [
+        "/usr/lib/berth/tree-id".to_string(),
+        "/usr/lib/k/stamp".to_string(),
+    ];
+    let write = |path: &str, text: &str| {
+        let p = f.overlay.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write("usr/lib/os-release", "VERSION_ID=1\n");
+    write("usr/lib/berth/tree-id", "aaaa\n");
+    write("usr/lib/k/stamp", "stamp aaaa");
+    let spec = CommitSpec {
+        id_files: &ids,
+        ..f.spec(REF, "1")
+    };
+    let first = commit(&spec).unwrap();
+    publish(&f.repo, REF, &first, None).unwrap();
+
+    // The same inputs built again: only the id and a stamp beside it
+    // differ. The parent stays, with its own id.
+    write("usr/lib/berth/tree-id", "bbbb\n");
+    write("usr/lib/k/stamp", "stamp bbbb");
+    let again = commit(&spec).unwrap();
+    assert!(again.unchanged, "{again:?}");
+    assert_eq!(again.checksum, first.checksum);
+    assert_eq!(
+        cat(&f.repo, &first.checksum, "/usr/lib/berth/tree-id"),
+        "aaaa\n"
+    );
+
+    // A real change beside the new id: a child, which carries the new id
+    // (the comparison put it back).
+    write("usr/lib/libnew.so", "new");
+    let child = commit(&spec).unwrap();
+    assert!(!child.unchanged);
+    assert_eq!(child.parent.as_deref(), Some(first.checksum.as_str()));
+    assert_eq!(
+        cat(&f.repo, &child.checksum, "/usr/lib/berth/tree-id"),
+        "bbbb\n"
+    );
+    assert_eq!(
+        cat(&f.repo, &child.checksum, "/usr/lib/k/stamp"),
+        "stamp bbbb"
+    );
+    publish(&f.repo, REF, &child, None).unwrap();
+
+    // A new version with the same files is new, id or not.
+    write("usr/lib/berth/tree-id", "cccc\n");
+    let newer = commit(&CommitSpec {
+        id_files: &ids,
+        ..f.spec(REF, "2")
+    })
+    .unwrap();
+    assert!(!newer.unchanged);
+    // And without id files, a new id alone is a change.
+    let plain = commit(&f.spec(REF, "1")).unwrap();
+    assert!(!plain.unchanged);
+    // A parent without one of the files is not the same tree.
+    drop(f);
+    let f = Fixture::new();
+    write_in(&f.overlay, "usr/lib/berth/tree-id", "aaaa\n");
+    let first = f.build(REF, "1", None);
+    write_in(&f.overlay, "usr/lib/berth/tree-id", "bbbb\n");
+    write_in(&f.overlay, "usr/lib/k/stamp", "image");
+    let spec = CommitSpec {
+        id_files: &ids,
+        ..f.spec(REF, "1")
+    };
+    let next = commit(&spec).unwrap();
+    assert!(!next.unchanged);
+    assert_eq!(next.parent.as_deref(), Some(first.checksum.as_str()));
+}
+
+fn write_in(dir: &Path, path: &str, text: &str) {
+    let p = dir.join(path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
 }
 
 #[test]

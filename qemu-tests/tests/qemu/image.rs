@@ -397,6 +397,33 @@ fn a_build_that_fails_after_its_commit_publishes_nothing() {
         log.contains("Version: 2.0.0") && log.contains("Version: 1.0.0"),
         "{log}"
     );
+
+    // The same manifest again, a second later: its tree id is new (it
+    // includes the build time) and nothing else is, so the ref keeps its
+    // commit and hosts have nothing to fetch; the image is that commit's.
+    let commit_of = |t: &str| {
+        t.lines()
+            .find(|l| l.trim_start().starts_with("commit "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let summary_before = std::fs::read(out.join("repo/summary")).unwrap();
+    let (code, third) = build(&minimal_variant(dir.path(), "2.0.0", "1G", ""), &out);
+    assert_eq!(code, 0, "{third}");
+    assert!(third.contains("unchanged"), "{third}");
+    assert_eq!(commit_of(&third), commit_of(&second), "{second}\n{third}");
+    assert_eq!(
+        std::fs::read(out.join("repo/summary")).unwrap(),
+        summary_before
+    );
+    let rev = run_text(
+        Command::new("ostree")
+            .arg(format!("--repo={}", out.join("repo").display()))
+            .args(["rev-parse", "berth/minimal/x86_64"]),
+    )
+    .unwrap();
+    assert_eq!(Some(rev.trim().to_string()), commit_of(&second));
 }
 
 #[test]
