@@ -359,6 +359,30 @@ impl Vm {
         serde_json::from_str(&out[start..]).unwrap_or_else(|e| panic!("status --json: {e}:\n{out}"))
     }
 
+    /// Waits until `berthctl status --json` lists `commit` among the failed
+    /// commits, and returns that status. boot-check records a version that
+    /// spent its tries at the next boot; it is a one-shot the ready line
+    /// does not wait for.
+    pub fn wait_failed_commit(&mut self, commit: &str, timeout: Duration) -> serde_json::Value {
+        wait_until(
+            timeout,
+            Duration::from_secs(2),
+            &format!("boot-check to record {commit} as failed"),
+            || {
+                let st = self.status_json();
+                let failed = st["failed_commits"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|c| c == commit));
+                Ok(if failed {
+                    Check::Done(st)
+                } else {
+                    Check::NotYet(st.to_string())
+                })
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Runs `cmd` in the guest's console shell and returns its exit code
     /// and output (`\r` removed, last newline trimmed). The output is
     /// framed by markers the echoed command line cannot match.

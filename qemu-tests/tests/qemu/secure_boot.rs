@@ -348,23 +348,7 @@ fn a_secure_boot_host_enrolls_its_keys_boots_verified_upgrades_and_refuses_tampe
         "v4 was expected to panic once per try:\n{v4_boots}"
     );
     assert!(!v4_boots.contains("Access Denied"), "{v4_boots}");
-    let st = wait_until(
-        Duration::from_secs(120),
-        Duration::from_secs(2),
-        &format!("boot-check to record {v4_commit} as failed"),
-        || {
-            let st = vm.status_json();
-            let failed = st["failed_commits"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|c| c == v4_commit.as_str()));
-            Ok(if failed {
-                Check::Done(st)
-            } else {
-                Check::NotYet(st.to_string())
-            })
-        },
-    )
-    .unwrap();
+    let st = vm.wait_failed_commit(&v4_commit, Duration::from_secs(120));
     assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
     assert_eq!(st["secure_boot"]["state"], "enforcing", "{st}");
 }

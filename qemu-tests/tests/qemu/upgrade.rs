@@ -17,7 +17,7 @@ use std::time::Duration;
 use berth_qemu_tests::command::{run, run_stdout};
 use berth_qemu_tests::vm::deployment_with_role as role;
 use berth_qemu_tests::{
-    Check, READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu, wait_until,
+    READY_TIMEOUT, UpdateServer, Vm, VmOptions, fixture, image, skip_unless_qemu,
 };
 
 /// A pull and deploy under TCG, with the ESP write.
@@ -140,23 +140,7 @@ fn failed_version_comes_back_to_v2(
     .unwrap();
     // boot-check (a one-shot at every boot, not waited for by the ready
     // line) records the failure; give it its moment.
-    let st = wait_until(
-        Duration::from_secs(120),
-        Duration::from_secs(2),
-        &format!("boot-check to record {commit} as failed"),
-        || {
-            let st = vm.status_json();
-            let failed = st["failed_commits"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|c| c == commit.as_str()));
-            Ok(if failed {
-                Check::Done(st)
-            } else {
-                Check::NotYet(st.to_string())
-            })
-        },
-    )
-    .unwrap();
+    let st = vm.wait_failed_commit(&commit, Duration::from_secs(120));
     assert_eq!(role(&st, "booted").unwrap()["version"], "2.0.0", "{st}");
     let failed: Vec<&str> = st["failed_commits"]
         .as_array()
