@@ -37,13 +37,20 @@ pub fn utf16le(bytes: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
+/// A systemd-boot variable (the Boot Loader Interface's vendor GUID) as
+/// the string it holds; None when it is not there.
+pub fn loader_var(efivars: &Path, name: &str) -> Option<String> {
+    read_efivar(efivars, name, LOADER_GUID).map(|d| utf16le(&d))
+}
+
 /// The partition GUID of the ESP the boot loader was started from, lower
 /// case: `LoaderDevicePartUUID`, which systemd-boot sets (upper case) and
 /// the stub sets when the loader did not. None when it is not there or
 /// empty.
 pub fn loader_device_part_uuid(efivars: &Path) -> Option<String> {
-    let data = read_efivar(efivars, "LoaderDevicePartUUID", LOADER_GUID)?;
-    let uuid = utf16le(&data).trim().to_ascii_lowercase();
+    let uuid = loader_var(efivars, "LoaderDevicePartUUID")?
+        .trim()
+        .to_ascii_lowercase();
     (!uuid.is_empty()).then_some(uuid)
 }
 

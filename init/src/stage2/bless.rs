@@ -6,13 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::efivars::{LOADER_GUID, read_efivar, utf16le};
+use crate::efivars::loader_var;
 
 /// The boot entry the loader counted this boot, ESP-relative with `/`
 /// separators, e.g. `loader/entries/berth-2+2-1.conf`.
 pub fn boot_count_path(efivars: &Path) -> Option<String> {
-    let data = read_efivar(efivars, "LoaderBootCountPath", LOADER_GUID)?;
-    let path = utf16le(&data).replace('\\', "/");
+    let path = loader_var(efivars, "LoaderBootCountPath")?.replace('\\', "/");
     let path = path.trim_start_matches('/').to_string();
     (!path.is_empty()).then_some(path)
 }
@@ -104,9 +103,7 @@ pub fn boot_count(efivars: &Path) -> BootCount {
     let Some(counted) = parse_counted(&name) else {
         return BootCount::Uncounted;
     };
-    if let Some(selected) = read_efivar(efivars, "LoaderEntrySelected", LOADER_GUID)
-        .map(|d| utf16le(&d))
-        .filter(|s| !s.is_empty())
+    if let Some(selected) = loader_var(efivars, "LoaderEntrySelected").filter(|s| !s.is_empty())
         && entry_base(&selected) != entry_base(&name)
     {
         return BootCount::Stale {
