@@ -349,6 +349,23 @@ fn refuse_unsigned_under_secure_boot(
 /// Whether `commit`'s tree has a unified kernel image beside a kernel:
 /// `usr/lib/modules/<kver>/berth.efi`, a regular file.
 fn commit_has_unified_image(repo: &ostree::Repo, commit: &str) -> anyhow::Result<bool> {
+    let Some(kernels) = commit_kernel_dirs(repo, commit)? else {
+        return Ok(false);
+    };
+    Ok(kernels.iter().any(|dir| {
+        dir.child(berth_sysroot::contract::UKI_NAME)
+            .query_file_type(
+                gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+                gio::Cancellable::NONE,
+            )
+            == gio::FileType::Regular
+    }))
+}
+
+/// The kernel directories of `commit` (`usr/lib/modules/<kver>/`), or
+/// `None` when its tree has no `usr/lib/modules` directory. (libgio lists
+/// a missing directory lazily: the error would come with the first entry.)
+fn commit_kernel_dirs(repo: &ostree::Repo, commit: &str) -> anyhow::Result<Option<Vec<gio::File>>> {
     let none = gio::Cancellable::NONE;
     let (tree, _) = repo
         .read_commit(commit, none)
@@ -357,29 +374,23 @@ fn commit_has_unified_image(repo: &ostree::Repo, commit: &str) -> anyhow::Result
     if modules.query_file_type(gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS, none)
         != gio::FileType::Directory
     {
-        return Ok(false);
+        return Ok(None);
     }
-    let Ok(children) = modules.enumerate_children(
-        "standard::name,standard::type",
-        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
-        none,
-    ) else {
-        return Ok(false);
-    };
+    let children = modules
+        .enumerate_children(
+            "standard::name,standard::type",
+            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+            none,
+        )
+        .context("listing the new commit's kernels")?;
+    let mut dirs = Vec::new();
     for info in children {
-        let info = info.context("listing usr/lib/modules in the new commit")?;
-        if info.file_type() != gio::FileType::Directory {
-            continue;
-        }
-        let uki = modules
-            .child(info.name())
-            .child(berth_sysroot::contract::UKI_NAME);
-        let kind = uki.query_file_type(gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS, none);
-        if kind == gio::FileType::Regular {
-            return Ok(true);
+        let info = info.context("listing the new commit's kernels")?;
+        if info.file_type() == gio::FileType::Directory {
+            dirs.push(modules.child(info.name()));
         }
     }
-    Ok(false)
+    Ok(Some(dirs))
 }
 
 /// The kernel arguments of a new deployment of `commit`: the booted
@@ -468,20 +479,11 @@ pub(crate) fn commit_version(repo: &ostree::Repo, commit: &str) -> Option<String
 /// Refuses to deploy when the ESP cannot take the new kernel and
 /// initramfs, or the root has too little room left.
 fn check_space(root: &Path, repo: &ostree::Repo, commit: &str) -> anyhow::Result<()> {
-    let (tree, _) = repo
-        .read_commit(commit, gio::Cancellable::NONE)
-        .context("reading the new commit")?;
-    let modules = tree.resolve_relative_path("usr/lib/modules");
+    // A commit without usr/lib/modules has nothing to size here; as
+    // before, this check does not refuse it.
+    let kernels = commit_kernel_dirs(repo, commit)?.unwrap_or_default();
     let mut boot_bytes = 0u64;
-    let children = modules
-        .enumerate_children(
-            "standard::name",
-            gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
-            gio::Cancellable::NONE,
-        )
-        .context("listing the new commit's kernels")?;
-    for info in children.flatten() {
-        let dir = modules.child(info.name());
+    for dir in kernels {
         for f in ["vmlinuz", "initramfs.img"] {
             if let Ok(i) = dir.child(f).query_info(
                 "standard::size",
