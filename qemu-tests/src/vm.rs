@@ -399,16 +399,25 @@ impl Vm {
         ))?;
         self.wait_for(&format!("{begin}\n"), timeout)?;
         let output = self.wait_for(&end, timeout)?;
-        let code_line = self.wait_for("\n", Duration::from_secs(10))?;
         let output = output.strip_suffix(end.as_str()).unwrap_or(&output);
         let output = output.strip_suffix('\n').unwrap_or(output);
         let output = without_console_noise(output);
-        match code_line.trim().parse::<i32>() {
-            Ok(code) => Ok((code, output)),
-            Err(_) => self.fail(Error::Setup(format!(
-                "`{cmd}`: no exit code after the end marker: {code_line:?}"
-            ))),
+        // The kernel writes to the serial port past the terminal, so one of
+        // its lines can land right after the code ("0[ 12.49] EXT4-fs …")
+        // or, whole, between the marker and the code.
+        let mut seen = String::new();
+        for _ in 0..4 {
+            let line = self.wait_for("\n", Duration::from_secs(10))?;
+            seen.push_str(&line);
+            match exit_code_of(&line) {
+                CodeLine::Code(code) => return Ok((code, output)),
+                CodeLine::Noise => continue,
+                CodeLine::Garbage => break,
+            }
         }
+        self.fail(Error::Setup(format!(
+            "`{cmd}`: no exit code after the end marker: {seen:?}"
+        )))
     }
 
     /// Pulls the plug: SIGKILL to QEMU, so nothing the guest had not yet
@@ -717,6 +726,34 @@ impl Drop for Vm {
     }
 }
 
+/// What one console line after a shell command's end marker holds.
+#[derive(Debug, PartialEq)]
+enum CodeLine {
+    /// The exit code, with whatever the kernel wrote after it ignored.
+    Code(i32),
+    /// A whole kernel or service line that came before the code.
+    Noise,
+    /// Neither: the framing is broken.
+    Garbage,
+}
+
+/// Reads the line after a shell command's end marker.
+fn exit_code_of(line: &str) -> CodeLine {
+    let line = line.trim_start_matches([' ', '\r']);
+    let digits = line.len() - line.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    if digits > 0 {
+        return match line[..digits].parse() {
+            Ok(code) => CodeLine::Code(code),
+            Err(_) => CodeLine::Garbage,
+        };
+    }
+    if is_noise(line.trim_end()) {
+        CodeLine::Noise
+    } else {
+        CodeLine::Garbage
+    }
+}
+
 /// Drops the lines other writers put on the console while a shell command
 /// ran: berth-init's own (`berth-init: ...`), services' (`[name] ...`) and
 /// the kernel's (`[   12.345678] ...`).
@@ -756,5 +793,20 @@ mod noise_tests {
     fn service_kernel_and_init_lines_are_noise() {
         let out = "berth-init: boot is good\n[heartbeat] v2 up\n[    4.559878]  vda: vda1\nVERSION_ID=2.0.0\n[not noise";
         assert_eq!(without_console_noise(out), "VERSION_ID=2.0.0\n[not noise");
+    }
+
+    #[test]
+    fn an_exit_code_is_read_past_kernel_lines_around_it() {
+        // As CI saw it: the kernel's line right after the code.
+        let glued = "0[   12.496398] EXT4-fs (vda2): re-mounted. Quota mode: none.\n";
+        assert_eq!(exit_code_of(glued), CodeLine::Code(0));
+        assert_eq!(exit_code_of("127\r\n"), CodeLine::Code(127));
+        assert_eq!(
+            exit_code_of("[   12.4] EXT4-fs (vda2): re-mounted.\n"),
+            CodeLine::Noise
+        );
+        assert_eq!(exit_code_of("berth-init: boot is good\n"), CodeLine::Noise);
+        assert_eq!(exit_code_of("$ \n"), CodeLine::Garbage);
+        assert_eq!(exit_code_of("99999999999\n"), CodeLine::Garbage);
     }
 }
