@@ -417,7 +417,19 @@ impl Replica {
 
     /// Starts the binary and waits until `/health` answers as `ready` says.
     fn start_until(config: &Path, port: u16, ready: impl Fn(&Answer) -> bool) -> Replica {
-        let child = Command::new(env!("CARGO_BIN_EXE_berth-fleetlock"))
+        let cmd = Command::new(env!("CARGO_BIN_EXE_berth-fleetlock"));
+        Self::spawn(cmd, config, port, ready)
+    }
+
+    /// Runs `cmd` (the binary, or a wrapper that runs it) with the
+    /// configuration and the port, as [`Replica::start_until`].
+    fn spawn(
+        mut cmd: Command,
+        config: &Path,
+        port: u16,
+        ready: impl Fn(&Answer) -> bool,
+    ) -> Replica {
+        let child = cmd
             .arg("--config")
             .arg(config)
             .args(["--address", "127.0.0.1", "--port", &port.to_string()])
@@ -752,4 +764,182 @@ fn the_binary_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
     assert!(holder_ids(&c, "default").is_empty());
     let history = check_history(&c, "default", 1);
     assert_eq!(history.into_iter().collect::<Vec<_>>(), ["host-a"]);
+}
+
+/// Reads one answer with a `Content-Length` off a connection left open.
+fn read_answer(s: &mut TcpStream) -> std::io::Result<u16> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before an answer"));
+        }
+        bytes.extend_from_slice(&buf[..n]);
+        let Some(split) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&bytes[..split]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if bytes.len() >= split + 4 + length {
+            let status = head.split(' ').nth(1).and_then(|c| c.parse().ok());
+            return status.ok_or_else(|| std::io::Error::other(head.clone()));
+        }
+    }
+}
+
+/// `clients` connections opened at once to `addr`, each asking
+/// `GET /v1/locks` and left open until all have their answer (as a
+/// client's pool keeps them); panics naming the failures unless every
+/// one got 200 within 20 s.
+fn keep_alive_burst(addr: SocketAddr, clients: usize) {
+    let start = Arc::new(std::sync::Barrier::new(clients));
+    let done = Arc::new(std::sync::Barrier::new(clients + 1));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (start, done) = (start.clone(), done.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let t = Instant::now();
+                let answer = TcpStream::connect(addr).and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                    write!(s, "GET /v1/locks HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+                    let status = read_answer(&mut s)?;
+                    Ok((s, status))
+                });
+                let took = t.elapsed();
+                // The connection (in `answer`) stays open until here.
+                done.wait();
+                let answer = answer.map(|(_, status)| status);
+                (answer.map_err(|e| e.to_string()), took)
+            })
+        })
+        .collect();
+    done.wait();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let slowest = results.iter().map(|(_, t)| *t).max().unwrap();
+    eprintln!("{clients} keep-alive connections, slowest answer {slowest:?}");
+    // Failures by what went wrong: how many, and after how long.
+    let mut failed = std::collections::BTreeMap::new();
+    for (r, t) in results.iter().filter(|(r, _)| r != &Ok(200)) {
+        let e = failed.entry(format!("{r:?}")).or_insert((0, *t));
+        e.0 += 1;
+        e.1 = e.1.max(*t);
+    }
+    assert!(failed.is_empty(), "of {clients}, unanswered: {failed:?}");
+}
+
+/// A fleet keeps a connection open per host. 400 opened at once, each
+/// left open after its answer, all get one within the read timeout
+/// (tiny_http, the server's HTTP before, left 54–77 of them unanswered:
+/// its pool queued their tasks behind connections that never closed).
+#[test]
+fn open_keep_alive_connections_do_not_starve_new_ones() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let cluster = EtcdCluster::start(&etcd, 1).unwrap();
+    let (srv, addr) = server(&cluster, &[("workers", 3)]);
+    keep_alive_burst(addr, 400);
+    srv.shutdown();
+}
+
+/// The binary started with a soft limit of 256 open files (the usual
+/// default is 1,024, under a large fleet) raises it to the hard limit,
+/// and then holds 400 connections.
+#[test]
+fn the_binary_raises_its_open_file_limit_for_a_connection_per_host() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if hard < 1024 {
+        eprintln!("skipped: the hard RLIMIT_NOFILE is {hard}");
+        return;
+    }
+    let cluster = EtcdCluster::start(&etcd, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        &cluster.endpoints(),
+        "[[lock.groups]]\nname = \"default\"\nslots = 1\n",
+    );
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=256:", "--"])
+        .arg(env!("CARGO_BIN_EXE_berth-fleetlock"));
+    let replica = Replica::spawn(cmd, &file, free_port(), |a| a.status == 200);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", replica.child.id())).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3));
+    assert_eq!(soft, Some(hard.to_string().as_str()), "{limits}");
+    keep_alive_burst(replica.addr, 400);
+}
+
+/// Requests no FleetLock client sends, as an attacker would: chunked
+/// bodies (honoured, and bounded like any other), a head too large,
+/// a request line that is not HTTP.
+#[test]
+fn odd_and_hostile_requests_get_clear_answers() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let cluster = EtcdCluster::start(&etcd, 1).unwrap();
+    let (srv, addr) = server(&cluster, &[("default", 1)]);
+    let c = cluster.client();
+    let head = |extra: &str| {
+        format!(
+            "POST /v1/pre-reboot HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             fleet-lock-protocol: true\r\ncontent-type: application/json\r\n{extra}\r\n"
+        )
+    };
+    let chunked = |body: &[u8]| {
+        let mut out = Vec::new();
+        for piece in body.chunks(1000) {
+            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            out.extend_from_slice(piece);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    };
+
+    let a = raw(
+        addr,
+        &head("transfer-encoding: chunked\r\n"),
+        &chunked(&body("a", "default")),
+    )
+    .unwrap();
+    assert_eq!((a.status, a.body.len()), (200, 0), "{a:?}");
+    assert_eq!(holder_ids(&c, "default"), ["a"]);
+
+    let big = vec![b' '; 65 * 1024];
+    let a = raw(
+        addr,
+        &head("transfer-encoding: chunked\r\n"),
+        &chunked(&big),
+    )
+    .unwrap();
+    assert_eq!((a.status, a.kind().as_str()), (413, "bad_request"));
+    // A length over the limit is refused before any of it is read.
+    let a = raw(addr, &head("content-length: 999999999\r\n"), b"").unwrap();
+    assert_eq!((a.status, a.kind().as_str()), (413, "bad_request"));
+
+    let b = body("b", "default");
+    let huge = format!(
+        "content-length: {}\r\nx-padding: {}\r\n",
+        b.len(),
+        "a".repeat(20 * 1024)
+    );
+    let a = raw(addr, &head(&huge), &b).unwrap();
+    assert_eq!(a.status, 431, "{a:?}");
+
+    let a = raw(addr, "HELLO\r\n\r\n", b"").unwrap();
+    assert_eq!(a.status, 400, "{a:?}");
+    assert_eq!(holder_ids(&c, "default"), ["a"], "nothing else was granted");
+    srv.shutdown();
 }

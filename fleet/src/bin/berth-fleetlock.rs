@@ -49,6 +49,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         .map(|g| format!("{} ({} slot(s))", g.name, g.slots))
         .collect();
     let endpoints = config.etcd.endpoints.join(", ");
+    let nofile = raise_nofile_limit();
+    if nofile < lock::server::MAX_CONNECTIONS as u64 {
+        eprintln!(
+            "berth-fleetlock: RLIMIT_NOFILE is {nofile}: past that many open connections, new ones wait"
+        );
+    }
     let server = lock::serve(config).context("starting the server")?;
     eprintln!(
         "berth-fleetlock: listening on http://{}/ for groups {}; etcd at {endpoints}",
@@ -56,7 +62,25 @@ fn run(config: Config) -> anyhow::Result<()> {
         groups.join(", ")
     );
     server.wait();
-    anyhow::bail!("every worker stopped")
+    anyhow::bail!("the server stopped accepting connections")
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, as `berth serve`
+/// does: a fleet keeps a connection per host open, more than the usual
+/// soft limit of 1,024. Returns the soft limit in force afterwards.
+fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let now = if limit.current != limit.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
+        raised
+    } else {
+        limit
+    };
+    now.current.unwrap_or(u64::MAX)
 }
 
 fn main() -> ExitCode {

@@ -1,11 +1,5 @@
 //! The lock server on HTTP: FleetLock's two `POST` endpoints and three
-//! read-only views, served by `tiny_http`.
-//!
-//! Why tiny_http: it is blocking (like the rest of this crate; no async
-//! runtime), parses HTTP/1.1 itself with keep-alive and chunked bodies,
-//! reads each connection on a thread of its own pool, and brings four
-//! small dependencies. The requests go to a fixed pool of worker threads
-//! here, so many clients at once are served while etcd work stays bounded.
+//! read-only views, served by hyper's HTTP/1 on a small tokio runtime.
 //!
 //! | request | answer |
 //! |---|---|
@@ -16,16 +10,33 @@
 //! | `GET /health` | 200 `{"health":"true"}` when etcd answers a linearizable read, else 503 |
 //!
 //! Errors are JSON `{"kind","value"}` ([`ApiError`] lists the kinds).
+//!
+//! Why hyper, as `berth serve` uses it: a fleet's hosts keep their
+//! connections open between requests (Zincati's reqwest and the agent's
+//! ureq both pool them), so the server holds about one idle connection
+//! per host. tiny_http, used here before, runs each connection on a
+//! thread of a pool whose count of idle threads goes stale under a burst
+//! of new connections: the next connection's task then waits in the
+//! queue, unserved, until some other client hangs up. 77 of 400
+//! connections opened at once went unanswered for 20 s
+//! (`open_keep_alive_connections_do_not_starve_new_ones`), and the
+//! 1,000-host benchmark saw 15 requests time out. One runtime holds
+//! thousands of idle connections in two threads; the etcd work of each
+//! request runs on the runtime's blocking threads, at most [`WORKERS`]
+//! at once, and the rest wait their turn in order.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Method, Response};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::protocol::{PROTOCOL_HEADER, Request};
 
@@ -34,8 +45,28 @@ use super::store::KEY_PREFIX;
 
 /// The largest request body read (a FleetLock body is well under 1 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
-/// How many requests are worked on at once.
+/// How many requests are worked on (against etcd) at once.
 pub const WORKERS: usize = 32;
+/// Connections held at once; past it, new ones wait in the listen queue.
+/// A fleet keeps about one per host.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// The listen queue: a fleet's hosts may all connect at the same moment
+/// (after the server restarts), more than std's default of 128.
+const BACKLOG: u32 = 1024;
+/// How long a request head may take, and so how long an idle keep-alive
+/// connection is kept: long enough that a host asking every few seconds
+/// (a refused `pre-reboot` is retried) reuses its connection, short
+/// enough that a client that connects and sends nothing soon lets go.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest request head: hyper answers 431 past it.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Threads that run connections (HTTP only; etcd work is elsewhere).
+const IO_THREADS: usize = 2;
+/// How long [`Server::shutdown`] lets requests under way finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after `accept` failed (out of descriptors), so the loop does
+/// not spin while the connection waits in the queue.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,13 +78,12 @@ pub struct ServeError {
     pub message: String,
 }
 
-/// A running lock server. Dropping it does not stop it; call
-/// [`Server::shutdown`] or [`Server::wait`].
+/// A running lock server. Dropping it stops it, as
+/// [`Server::shutdown`] does; [`Server::wait`] serves on.
 pub struct Server {
-    http: Arc<tiny_http::Server>,
+    runtime: tokio::runtime::Runtime,
+    accept: tokio::task::JoinHandle<()>,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -66,7 +96,7 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Listens on the service's configured address and port and starts
-    /// the workers.
+    /// accepting connections.
     pub fn start(service: Service) -> Result<Server, ServeError> {
         let config = service.config();
         let address = if config.address.contains(':') && !config.address.starts_with('[') {
@@ -74,39 +104,31 @@ impl Server {
         } else {
             format!("{}:{}", config.address, config.port)
         };
-        let http = tiny_http::Server::http(&address).map_err(|e| ServeError {
+        let fail = |message: String| ServeError {
             address: address.clone(),
-            message: e.to_string(),
-        })?;
-        let addr = http.server_addr().to_ip().ok_or_else(|| ServeError {
-            address: address.clone(),
-            message: "not an IP socket".into(),
-        })?;
-        let http = Arc::new(http);
-        let service = Arc::new(service);
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers = (0..WORKERS)
-            .map(|_| {
-                let (http, service, stop) = (http.clone(), service.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match http.recv_timeout(Duration::from_millis(200)) {
-                            Ok(Some(request)) => serve(&service, request),
-                            Ok(None) => {}
-                            Err(e) => {
-                                eprintln!("fleet-lock: accepting requests: {e}");
-                                std::thread::sleep(Duration::from_millis(100));
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
+            message,
+        };
+        let wanted = address
+            .to_socket_addrs()
+            .map_err(|e| fail(e.to_string()))?
+            .next()
+            .ok_or_else(|| fail("the name has no address".into()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(IO_THREADS)
+            .max_blocking_threads(WORKERS)
+            .enable_all()
+            .thread_name("fleet-lock")
+            .build()
+            .map_err(|e| fail(format!("starting the runtime: {e}")))?;
+        let listener = runtime
+            .block_on(async { listen(wanted) })
+            .map_err(|e| fail(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+        let accept = runtime.spawn(accept_loop(listener, Arc::new(service)));
         Ok(Server {
-            http,
+            runtime,
+            accept,
             addr,
-            stop,
-            workers,
         })
     }
 
@@ -115,38 +137,128 @@ impl Server {
         self.addr
     }
 
-    /// Stops taking requests, finishes the ones being worked on, returns.
+    /// Stops taking connections and requests, lets the etcd work under
+    /// way finish (up to a few seconds), and returns.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.http.unblock();
-        self.wait();
+        self.accept.abort();
+        self.runtime.shutdown_timeout(SHUTDOWN_GRACE);
     }
 
-    /// Serves until the workers stop (that is, forever unless shut down).
+    /// Serves until the accept loop ends (that is, forever unless the
+    /// runtime fails).
     pub fn wait(self) {
-        for w in self.workers {
-            let _ = w.join();
-        }
+        let Server {
+            runtime, accept, ..
+        } = self;
+        let _ = runtime.block_on(accept);
     }
 }
 
-type Answer = Response<std::io::Cursor<Vec<u8>>>;
+/// A listening socket with room in its queue for a fleet connecting at
+/// once (std's listener has 128).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
-/// `answer` with a header added (names and values here are ASCII
-/// constants, which tiny_http always accepts).
-fn with_header(mut answer: Answer, name: &str, value: &str) -> Answer {
-    if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-        answer.add_header(h);
+async fn accept_loop(listener: tokio::net::TcpListener, service: Arc<Service>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(2 * MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("fleet-lock: accepting a connection: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = Arc::clone(&service);
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request| answer(request, Arc::clone(&service))),
+        );
+        tokio::spawn(async move {
+            // A client that hangs up or idles past the head timeout ends
+            // its connection; neither is the server's fault.
+            let _ = conn.await;
+            drop(slot);
+        });
     }
-    answer
+}
+
+/// A request as the handlers see it, its body already read.
+struct Received {
+    method: Method,
+    path: String,
+    /// The `fleet-lock-protocol` header, trimmed.
+    protocol: Option<String>,
+    body: Result<Bytes, ApiError>,
+}
+
+/// An answer before it becomes HTTP.
+struct Answer {
+    status: u16,
+    content_type: Option<&'static str>,
+    allow: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn empty() -> Answer {
+        Answer {
+            status: 200,
+            content_type: None,
+            allow: None,
+            body: Vec::new(),
+        }
+    }
+
+    fn text(content_type: &'static str, text: String) -> Answer {
+        Answer {
+            content_type: Some(content_type),
+            body: text.into_bytes(),
+            ..Answer::empty()
+        }
+    }
+
+    fn into_http(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() =
+            hyper::StatusCode::from_u16(self.status).unwrap_or(hyper::StatusCode::OK);
+        let headers = response.headers_mut();
+        if let Some(t) = self.content_type {
+            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(t));
+        }
+        if let Some(a) = self.allow {
+            headers.insert(header::ALLOW, header::HeaderValue::from_static(a));
+        }
+        response
+    }
 }
 
 fn json(status: u16, body: &impl serde::Serialize) -> Answer {
-    with_header(
-        Response::from_data(serde_json::to_vec(body).unwrap_or_default()).with_status_code(status),
-        "content-type",
-        "application/json",
-    )
+    Answer {
+        status,
+        content_type: Some("application/json"),
+        allow: None,
+        body: serde_json::to_vec(body).unwrap_or_default(),
+    }
 }
 
 fn error(e: &ApiError) -> Answer {
@@ -159,35 +271,85 @@ fn error(e: &ApiError) -> Answer {
     )
 }
 
-/// Answers one request and logs its outcome.
-fn serve(service: &Service, mut request: tiny_http::Request) {
-    let start = Instant::now();
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let method = request.method().clone();
-    let (answer, log) = route(service, &method, &path, &mut request);
-    let status = answer.status_code().0;
-    eprintln!(
-        "fleet-lock: {method} {path} {status} {log} ({} ms)",
-        start.elapsed().as_millis()
-    );
-    if let Err(e) = request.respond(answer) {
-        eprintln!("fleet-lock: {method} {path}: answering: {e}");
-    }
+fn too_large() -> ApiError {
+    ApiError::new(
+        413,
+        "bad_request",
+        format!("the body is over {BODY_LIMIT} bytes"),
+    )
 }
 
-fn route(
-    service: &Service,
-    method: &Method,
-    path: &str,
-    request: &mut tiny_http::Request,
-) -> (Answer, String) {
+/// Reads one request's body (bounded), answers it on a blocking thread
+/// (its etcd calls block), and logs its outcome.
+async fn answer(
+    request: hyper::Request<Incoming>,
+    service: Arc<Service>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let protocol = request
+        .headers()
+        .get(PROTOCOL_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string());
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let body = if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        Err(too_large())
+    } else {
+        match Limited::new(request.into_body(), BODY_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(ApiError::new(
+                400,
+                "bad_request",
+                format!("reading the body: {e}"),
+            )),
+        }
+    };
+    let received = Received {
+        method,
+        path,
+        protocol,
+        body,
+    };
+    let worked = tokio::task::spawn_blocking(move || {
+        let (answer, log) = route(&service, &received);
+        (answer, log, received)
+    })
+    .await;
+    let (answer, log, received) = match worked {
+        Ok(done) => done,
+        Err(e) => {
+            let e = ApiError::new(500, "internal", format!("the request's work failed: {e}"));
+            eprintln!("fleet-lock: {}", e.value);
+            return Ok(error(&e).into_http());
+        }
+    };
+    eprintln!(
+        "fleet-lock: {} {} {} {log} ({} ms)",
+        received.method,
+        received.path,
+        answer.status,
+        start.elapsed().as_millis()
+    );
+    Ok(answer.into_http())
+}
+
+fn route(service: &Service, request: &Received) -> (Answer, String) {
+    let (method, path) = (&request.method, request.path.as_str());
     let endpoint = match path {
         "/v1/pre-reboot" => Some(Endpoint::PreReboot),
         "/v1/steady-state" => Some(Endpoint::SteadyState),
         _ => None,
     };
     if let Some(endpoint) = endpoint {
-        if *method != Method::Post {
+        if *method != Method::POST {
             return not_allowed("POST");
         }
         return fleet_lock(service, endpoint, request);
@@ -196,20 +358,14 @@ fn route(
         let e = ApiError::new(404, "not_found", format!("no {path} here"));
         return (error(&e), e.kind.to_string());
     }
-    if !matches!(method, Method::Get | Method::Head) {
+    if !matches!(*method, Method::GET | Method::HEAD) {
         return not_allowed("GET, HEAD");
     }
     let result = match path {
         "/v1/locks" => service
             .view()
             .map(|groups| json(200, &serde_json::json!({ "groups": groups }))),
-        "/metrics" => metrics(service).map(|text| {
-            with_header(
-                Response::from_string(text),
-                "content-type",
-                "text/plain; version=0.0.4",
-            )
-        }),
+        "/metrics" => metrics(service).map(|text| Answer::text("text/plain; version=0.0.4", text)),
         _ => health(service),
     };
     match result {
@@ -218,17 +374,17 @@ fn route(
     }
 }
 
-fn not_allowed(allow: &str) -> (Answer, String) {
+fn not_allowed(allow: &'static str) -> (Answer, String) {
     let e = ApiError::new(405, "method_not_allowed", format!("use {allow}"));
-    (with_header(error(&e), "allow", allow), e.kind.to_string())
+    let answer = Answer {
+        allow: Some(allow),
+        ..error(&e)
+    };
+    (answer, e.kind.to_string())
 }
 
-/// Reads and checks a FleetLock request, then runs it.
-fn fleet_lock(
-    service: &Service,
-    endpoint: Endpoint,
-    request: &mut tiny_http::Request,
-) -> (Answer, String) {
+/// Checks a FleetLock request, then runs it.
+fn fleet_lock(service: &Service, endpoint: Endpoint, request: &Received) -> (Answer, String) {
     let params = match read_params(request) {
         Ok(p) => p,
         Err(e) => {
@@ -238,23 +394,13 @@ fn fleet_lock(
     };
     let who = format!("group={} id={}", params.group, params.id);
     match service.handle(endpoint, &params) {
-        Ok(outcome) => (
-            Response::from_data(Vec::new()).with_status_code(200),
-            format!("{who}: {}", outcome.name()),
-        ),
+        Ok(outcome) => (Answer::empty(), format!("{who}: {}", outcome.name())),
         Err(e) => (error(&e), format!("{who}: {}: {}", e.kind, e.value)),
     }
 }
 
-fn read_params(
-    request: &mut tiny_http::Request,
-) -> Result<crate::protocol::ClientParams, ApiError> {
-    let proto = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(PROTOCOL_HEADER))
-        .map(|h| h.value.as_str().trim().to_string());
-    match proto.as_deref() {
+fn read_params(request: &Received) -> Result<crate::protocol::ClientParams, ApiError> {
+    match request.protocol.as_deref() {
         Some(v) if v.eq_ignore_ascii_case("true") => {}
         Some(v) => {
             return Err(ApiError::new(
@@ -271,26 +417,8 @@ fn read_params(
             ));
         }
     }
-    let too_large = || {
-        ApiError::new(
-            413,
-            "bad_request",
-            format!("the body is over {BODY_LIMIT} bytes"),
-        )
-    };
-    if request.body_length().is_some_and(|n| n > BODY_LIMIT) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(BODY_LIMIT as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::new(400, "bad_request", format!("reading the body: {e}")))?;
-    if body.len() > BODY_LIMIT {
-        return Err(too_large());
-    }
-    let parsed: Request = serde_json::from_slice(&body).map_err(|e| {
+    let body = request.body.as_ref().map_err(Clone::clone)?;
+    let parsed: Request = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             400,
             "bad_request",
